@@ -1,0 +1,129 @@
+"""The item catalogue: every item's tokens (tokenized once), the cache of their frozen encoder states, and the
+features of any set of items a batch needs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from recsys_bert.model import RecsysBertModel
+
+
+class Catalogue:
+    """All items' tokens as one padded array; rows are internal item indices.
+
+    Args:
+        input_ids: per item, its token ids (with special tokens, already truncated).
+        pad_token_id: the tokenizer's padding id.
+    """
+
+    def __init__(self, input_ids: list[list[int]], pad_token_id: int):
+        self.lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)  # (items,)
+        width = int(self.lengths.max()) if len(input_ids) else 1
+        self.input_ids = np.full((len(input_ids), width), pad_token_id, dtype=np.int64)  # (items, tokens)
+        for row, ids in enumerate(input_ids):
+            self.input_ids[row, : len(ids)] = ids
+        self.pad_token_id = pad_token_id
+        self.frozen_states: torch.Tensor | None = None  # (items, hidden) or (items, tokens, hidden), on the CPU
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def tokens(self, item_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `attention_mask` `(len(item_ids), tokens)`, cut to the longest of these items."""
+        width = int(self.lengths[item_ids].max()) if len(item_ids) else 1
+        input_ids = torch.from_numpy(self.input_ids[item_ids, :width])  # (n, width)
+        attention_mask = (torch.arange(width)[None, :] < torch.from_numpy(self.lengths[item_ids])[:, None]).long()
+        return input_ids, attention_mask
+
+    def features(self, item_ids: np.ndarray, prefix: str = "item_") -> dict[str, torch.Tensor]:
+        """What `RecsysBertModel.encode_items` takes for these items: the cached frozen states when there are any."""
+        input_ids, attention_mask = self.tokens(item_ids)
+        features = {f"{prefix}attention_mask": attention_mask}
+        if self.frozen_states is None:
+            features[f"{prefix}input_ids"] = input_ids
+        elif self.frozen_states.dim() == 2:
+            features[f"{prefix}frozen_states"] = self.frozen_states[item_ids]  # (n, hidden)
+        else:
+            features[f"{prefix}frozen_states"] = self.frozen_states[
+                item_ids, : input_ids.shape[1]
+            ]  # (n, width, hidden)
+        return features
+
+    def history_text_tokens(self, histories: list[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 'text' user tower's input: [CLS] text_1 [SEP] text_2 [SEP] ... most recent first, cut at max_tokens.
+
+        Args:
+            histories: per user, item ids most recent first.
+        """
+        rows = []
+        for history in histories:
+            cls, sep = self.input_ids[0, 0], self.input_ids[0, self.lengths[0] - 1]
+            pieces = [self.input_ids[item, 1 : self.lengths[item]] for item in history]  # each ends with [SEP]
+            ids = np.concatenate([[cls], *pieces])[:max_tokens] if pieces else np.array([cls, sep])
+            ids[-1] = sep
+            rows.append(ids)
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # (users, width)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.from_numpy(ids)
+            attention_mask[row, : len(ids)] = 1
+        return input_ids, attention_mask
+
+    def length_sorted_batches(self, item_ids: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """`item_ids` in batches of similar length (little padding), longest first."""
+        order = item_ids[np.argsort(-self.lengths[item_ids], kind="stable")]
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    @torch.no_grad()
+    def compute_frozen_states(self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256) -> None:
+        """Runs the model's frozen lower part once over every item (items split across processes) and keeps it."""
+        self.frozen_states = None
+        if model.config.finetune_layers < 0:
+            return
+        self.frozen_states = self._run_sharded(model.frozen_states, accelerator, batch_size, "Caching frozen states")
+
+    @torch.no_grad()
+    def item_vectors(self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256) -> torch.Tensor:
+        """Unit vectors `(items, dim)` of the whole catalogue, on the accelerator's device (items split across
+        processes, then gathered)."""
+        was_training = model.training
+        model.eval()
+
+        def encode(input_ids, attention_mask, item_ids):
+            features = self.features(item_ids)
+            features = {key.removeprefix("item_"): value.to(accelerator.device) for key, value in features.items()}
+            with accelerator.autocast():
+                return model.encode_items(**features).float()
+
+        vectors = self._run_sharded(encode, accelerator, batch_size, "Encoding items", pass_ids=True)
+        model.train(was_training)
+        return vectors.to(accelerator.device)
+
+    def _run_sharded(self, fn, accelerator: Accelerator, batch_size: int, description: str, pass_ids: bool = False):
+        """`fn` over all items in length-sorted batches, each process a share; the results gathered in item order."""
+        world, rank = accelerator.num_processes, accelerator.process_index
+        mine = np.arange(rank, len(self), world)  # (items / world,)
+        outputs, order = [], []
+        batches = self.length_sorted_batches(mine, batch_size)
+        for item_ids in tqdm(batches, desc=description, disable=not accelerator.is_local_main_process, leave=False):
+            input_ids, attention_mask = self.tokens(item_ids)
+            args = (input_ids.to(accelerator.device), attention_mask.to(accelerator.device))
+            out = fn(*args, item_ids) if pass_ids else fn(*args)  # (n, hidden) or (n, width, hidden)
+            if out.dim() == 3:  # pad to the catalogue's width so all batches stack
+                out = torch.nn.functional.pad(out, (0, 0, 0, self.input_ids.shape[1] - out.shape[1]))
+            outputs.append(out.float().cpu())
+            order.append(item_ids)
+        local = torch.cat(outputs) if outputs else torch.empty(0)
+        local_ids = torch.from_numpy(np.concatenate(order)) if order else torch.empty(0, dtype=torch.long)
+        if world > 1:
+            local = accelerator.pad_across_processes(local.to(accelerator.device), dim=0, pad_index=0)
+            local_ids = accelerator.pad_across_processes(local_ids.to(accelerator.device), dim=0, pad_index=-1)
+            local, local_ids = accelerator.gather(local).cpu(), accelerator.gather(local_ids).cpu()
+        result = torch.empty((len(self), *local.shape[1:]), dtype=local.dtype)
+        keep = local_ids >= 0
+        result[local_ids[keep]] = local[keep]
+        return result

@@ -1,0 +1,29 @@
+"""What the scripts share: bad input ends the run with one line on stderr and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from recsys_bert.errors import InputError
+
+
+def run_main(main: Callable[[], object]) -> None:
+    try:
+        main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def quiet_libraries() -> None:
+    """Keeps the console to our progress bars and summaries."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

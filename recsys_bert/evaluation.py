@@ -1,0 +1,138 @@
+"""Evaluation: full ranking over the whole catalogue (leave-one-out rows) or impression ranking (MIND).
+
+One loop serves the trained model and the baselines: a scorer maps a batch of users to scores over all items.
+Users are split across processes and their results gathered with `gather_for_metrics`, which drops the duplicates
+that even batches add, so no user is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from recsys_bert.catalogue import Catalogue
+from recsys_bert.metrics import impression_metrics, ranking_metrics, target_ranks
+from recsys_bert.model import RecsysBertModel
+
+Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> (users, items) scores
+
+
+def _pad(rows: list[np.ndarray], width: int | None = None) -> torch.Tensor:
+    width = max([len(r) for r in rows] + [1]) if width is None else width
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : min(len(r), width)] = torch.as_tensor(np.array(r[:width], copy=True), dtype=torch.long)
+    return out
+
+
+class EvalCollator:
+    """Batches of evaluation rows: the recent history (most recent first), the full history, the target(s)."""
+
+    def __init__(self, max_history: int, catalogue: Catalogue | None = None, max_user_tokens: int = 0):
+        self.max_history = max_history
+        self.catalogue = catalogue  # only for the 'text' user tower
+        self.max_user_tokens = max_user_tokens
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        recent = [np.asarray(row["history"][-self.max_history :], dtype=np.int64)[::-1] for row in rows]
+        batch = {
+            "history_ids": _pad(recent, self.max_history),  # (users, max_history), -1 = padding
+            "full_history_ids": _pad([np.asarray(row["history"]) for row in rows]),  # (users, longest history)
+        }
+        if "candidates" in rows[0]:
+            batch["candidate_ids"] = _pad([np.asarray(row["candidates"]) for row in rows])  # (users, candidates)
+            batch["labels"] = _pad([np.asarray(row["labels"]) for row in rows])  # (users, candidates), -1 = padding
+        else:
+            batch["target_ids"] = torch.tensor([row["target"] for row in rows], dtype=torch.long)  # (users,)
+        if self.catalogue is not None:
+            batch["user_input_ids"], batch["user_attention_mask"] = self.catalogue.history_text_tokens(
+                recent, self.max_user_tokens
+            )
+        return batch
+
+
+def evaluate(
+    scorer: Scorer,
+    rows: datasets.Dataset,
+    accelerator: Accelerator,
+    collator: EvalCollator,
+    batch_size: int,
+    ks: list[int],
+    exclude_history: bool = False,
+    description: str = "Evaluating",
+) -> dict:
+    """Metrics of `scorer` on `rows`: full-ranking metrics, or MIND's impression metrics for impression rows."""
+    loader = accelerator.prepare_data_loader(DataLoader(rows, batch_size=batch_size, collate_fn=collator))
+    impressions = "candidates" in rows.column_names
+    ranks, labels, scores = [], [], []
+    for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
+        with torch.no_grad():
+            batch_scores = scorer(batch).float()  # (users, items)
+        if impressions:
+            candidates = batch["candidate_ids"]
+            candidate_scores = batch_scores.gather(1, candidates.clamp(min=0))  # (users, candidates)
+            candidate_scores = accelerator.pad_across_processes(candidate_scores, dim=1, pad_index=0)
+            batch_labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=-1)
+            labels.append(accelerator.gather_for_metrics(batch_labels).cpu())
+            scores.append(accelerator.gather_for_metrics(candidate_scores).cpu())
+            continue
+        targets = batch["target_ids"]
+        if exclude_history:
+            history = batch["full_history_ids"]  # (users, longest history)
+            drop = (history >= 0) & (history != targets[:, None])
+            rows_index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
+            batch_scores[rows_index[drop], history[drop]] = -torch.inf
+        ranks.append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
+    if impressions:
+        label_rows = [row for part in labels for row in part]
+        score_rows = [row for part in scores for row in part]
+        keep = [row >= 0 for row in label_rows]
+        return impression_metrics(
+            [row[k].numpy() for row, k in zip(label_rows, keep)], [row[k].numpy() for row, k in zip(score_rows, keep)]
+        )
+    metrics = ranking_metrics(torch.cat(ranks), ks)
+    metrics["users"] = int(sum(len(r) for r in ranks))
+    return metrics
+
+
+def model_scorer(model: RecsysBertModel, item_vectors: torch.Tensor, accelerator: Accelerator) -> Scorer:
+    """Scores of the recommender: its user vectors against the catalogue's item vectors (in eval mode: the caller
+    puts the model back into training mode)."""
+    model.eval()
+
+    def scorer(batch):
+        history = batch["history_ids"]
+        with accelerator.autocast():
+            if model.config.user_tower == "text":
+                users = model.encode_users(
+                    input_ids=batch["user_input_ids"], attention_mask=batch["user_attention_mask"]
+                )
+            else:
+                users = model.encode_users(item_vectors[history.clamp(min=0)], history >= 0)  # (users, dim)
+        return model.score(users.float(), item_vectors)  # (users, items)
+
+    return scorer
+
+
+def popularity_scorer(train_item_counts: np.ndarray, device: torch.device) -> Scorer:
+    """Every user gets the items by their number of training interactions."""
+    counts = torch.as_tensor(train_item_counts, dtype=torch.float32, device=device)  # (items,)
+    return lambda batch: counts.repeat(len(batch["history_ids"]), 1)  # a copy: evaluation writes into it
+
+
+def mean_history_scorer(item_vectors: torch.Tensor) -> Scorer:
+    """Zero-shot: the user is the mean of its recent history's item vectors (from the untrained encoder)."""
+
+    def scorer(batch):
+        history = batch["history_ids"]  # (users, max_history)
+        mask = (history >= 0).unsqueeze(-1).float()  # (users, max_history, 1)
+        users = (item_vectors[history.clamp(min=0)] * mask).sum(1) / mask.sum(1).clamp(min=1)  # (users, dim)
+        return users @ item_vectors.T  # (users, items)
+
+    return scorer

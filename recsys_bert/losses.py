@@ -1,0 +1,90 @@
+"""Softmax cross-entropy over the positive and its negatives.
+
+Negatives are either shared by the whole step (the other samples' positives, gathered across processes with their
+gradient as sentence-transformers' `MultipleNegativesRankingLoss` does, plus sampled items) or per sample (MIND's
+non-clicked impressions). A candidate that is the same item as a sample's positive is masked out, never counted as a
+negative.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+
+
+def _gather(tensor: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, int]:
+    """All processes' `tensor` concatenated along dim 0, and this process's offset in it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    if with_grad:
+        parts = all_gather_with_grad(tensor.contiguous())
+    else:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts), dist.get_rank() * tensor.shape[0]
+
+
+def shared_negatives_loss(
+    user_vectors: torch.Tensor,
+    positive_vectors: torch.Tensor,
+    positive_ids: torch.Tensor,
+    negative_vectors: torch.Tensor,
+    negative_ids: torch.Tensor,
+    temperature: float,
+    in_batch: bool = True,
+) -> torch.Tensor:
+    """Cross-entropy of each user's positive against the step's shared candidates.
+
+    Args:
+        user_vectors (`(batch, dim)`), positive_vectors (`(batch, dim)`), positive_ids (`(batch,)` item ids).
+        negative_vectors (`(negatives, dim)`), negative_ids (`(negatives,)`): sampled items, shared by the batch.
+        in_batch: also score every process's positives as candidates for every user.
+    """
+    batch = user_vectors.shape[0]
+    if in_batch:
+        candidates, offset = _gather(positive_vectors, with_grad=True)  # (world * batch, dim)
+        candidate_ids, _ = _gather(positive_ids, with_grad=False)  # (world * batch,)
+        positive_logits = user_vectors @ candidates.T  # (batch, world * batch)
+        labels = torch.arange(batch, device=user_vectors.device) + offset  # (batch,)
+        candidate_ids = candidate_ids.expand(batch, -1)  # (batch, world * batch)
+    else:
+        positive_logits = (user_vectors * positive_vectors).sum(-1, keepdim=True)  # (batch, 1)
+        labels = torch.zeros(batch, dtype=torch.long, device=user_vectors.device)
+        candidate_ids = positive_ids[:, None]  # (batch, 1)
+    negative_logits = user_vectors @ negative_vectors.T  # (batch, negatives)
+    logits = torch.cat([positive_logits, negative_logits], dim=1) / temperature  # (batch, candidates)
+    all_ids = torch.cat([candidate_ids, negative_ids.expand(batch, -1)], dim=1)  # (batch, candidates)
+    return _masked_cross_entropy(logits, all_ids, positive_ids, labels)
+
+
+def per_sample_negatives_loss(
+    user_vectors: torch.Tensor,
+    positive_vectors: torch.Tensor,
+    positive_ids: torch.Tensor,
+    negative_vectors: torch.Tensor,
+    negative_ids: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Cross-entropy of each user's positive against its own negatives (e.g. non-clicked impressions).
+
+    Args:
+        negative_vectors (`(batch, negatives, dim)`), negative_ids (`(batch, negatives)`, -1 = padding).
+    """
+    candidates = torch.cat([positive_vectors[:, None], negative_vectors], dim=1)  # (batch, 1 + negatives, dim)
+    logits = torch.einsum("bd,bnd->bn", user_vectors, candidates) / temperature  # (batch, 1 + negatives)
+    all_ids = torch.cat([positive_ids[:, None], negative_ids], dim=1)  # (batch, 1 + negatives)
+    labels = torch.zeros_like(positive_ids)
+    return _masked_cross_entropy(logits, all_ids, positive_ids, labels)
+
+
+def _masked_cross_entropy(
+    logits: torch.Tensor, candidate_ids: torch.Tensor, positive_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy where candidates equal to the row's positive (other than the label) and padding (-1) are out."""
+    is_label = torch.zeros_like(logits, dtype=torch.bool)
+    is_label[torch.arange(len(labels), device=logits.device), labels] = True
+    masked = ((candidate_ids == positive_ids[:, None]) | (candidate_ids < 0)) & ~is_label  # (batch, candidates)
+    logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits.float(), labels)

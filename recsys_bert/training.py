@@ -1,0 +1,479 @@
+"""Fine-tuning with Accelerate, in the loop order of accelerate's `gradient_accumulation.py` example."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_scheduler
+
+from recsys_bert.catalogue import Catalogue
+from recsys_bert.config import DataArguments, ModelArguments, TrainingArguments, settings_dict
+from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
+from recsys_bert.errors import InputError
+from recsys_bert.evaluation import EvalCollator, evaluate, mean_history_scorer, model_scorer, popularity_scorer
+from recsys_bert.losses import per_sample_negatives_loss, shared_negatives_loss
+from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainCollator:
+    """Training batches in which every item of the step (history, positive, negatives) appears once.
+
+    Samples' histories, positives and negatives become indices into the step's unique items, whose tokens (or cached
+    frozen states) the batch carries. Sampled negatives are drawn from a generator seeded by the batch's content, so
+    a resumed run draws what an uninterrupted one did.
+    """
+
+    def __init__(self, catalogue: Catalogue, config: RecsysBertConfig, args: TrainingArguments):
+        self.catalogue = catalogue
+        self.config = config
+        self.args = args
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        recent = [np.asarray(row["history"][-self.config.max_history :], dtype=np.int64)[::-1] for row in rows]
+        targets = np.array([row["target"] for row in rows], dtype=np.int64)  # (batch,)
+        lengths = np.array([len(h) for h in recent])
+        rng = np.random.default_rng([self.args.seed, len(rows), *targets[:16].tolist(), int(lengths.sum())])
+        if "negatives" in rows[0]:  # MIND: npratio of the impression's non-clicked items, -1 where it has too few
+            negatives = np.full((len(rows), self.args.npratio), -1, dtype=np.int64)  # (batch, npratio)
+            for i, row in enumerate(rows):
+                pool = np.asarray(row["negatives"], dtype=np.int64)
+                if len(pool):
+                    negatives[i] = rng.choice(pool, self.args.npratio, replace=len(pool) < self.args.npratio)
+        else:
+            negatives = rng.integers(0, len(self.catalogue), self.args.num_negatives)  # (negatives,) shared
+        width = max(int(lengths.max()), 1)
+        history = np.zeros((len(rows), width), dtype=np.int64)  # (batch, width)
+        history_mask = np.arange(width)[None, :] < lengths[:, None]  # (batch, width)
+        for i, h in enumerate(recent):
+            history[i, : len(h)] = h
+        unique, inverse = np.unique(
+            np.concatenate([history[history_mask], targets, negatives[negatives >= 0]]), return_inverse=True
+        )
+        n_hist, n_batch = int(history_mask.sum()), len(rows)
+        history_index = np.zeros_like(history)
+        history_index[history_mask] = inverse[:n_hist]
+        negative_index = np.full(negatives.shape, 0, dtype=np.int64)
+        negative_index[negatives >= 0] = inverse[n_hist + n_batch :]
+        batch = {
+            "history_index": torch.from_numpy(history_index),  # (batch, width)
+            "history_mask": torch.from_numpy(history_mask),  # (batch, width)
+            "positive_index": torch.from_numpy(inverse[n_hist : n_hist + n_batch]),  # (batch,)
+            "negative_index": torch.from_numpy(negative_index),  # (negatives,) or (batch, npratio)
+            "positive_ids": torch.from_numpy(targets),  # (batch,)
+            "negative_ids": torch.from_numpy(negatives),  # (negatives,) or (batch, npratio), -1 = none
+            **self.catalogue.features(unique),  # (unique_items, ...)
+        }
+        if self.config.user_tower == "text":
+            batch["user_input_ids"], batch["user_attention_mask"] = self.catalogue.history_text_tokens(
+                recent, self.config.max_user_tokens
+            )
+        return batch
+
+
+def build_config(model_args: ModelArguments) -> RecsysBertConfig:
+    return RecsysBertConfig(**vars(model_args))
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: RecsysBertModel, tokenizer, path: Path) -> None:
+    """`save_pretrained` (safetensors + JSON config) and the tokenizer into a temporary folder, then renamed."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def find_checkpoint(output_dir: Path, which: str) -> Path | None:
+    """`which` = a checkpoint folder or 'latest': the newest complete checkpoint (one holding its `trainer_state.json`,
+    the file written last)."""
+    if which != "latest":
+        path = Path(which)
+        if not (path / "trainer_state.json").exists():
+            raise InputError(f"{path}: not a complete checkpoint (no trainer_state.json)")
+        return path
+    complete = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
+    return max(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+
+
+def has_accelerator() -> bool:
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_mps_available() or is_xpu_available() or is_npu_available()
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{output_dir}: output folder can't be written ({err.strerror})") from None
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    """Loads the data, fine-tunes, evaluates and saves; returns what is written to `metrics.json`."""
+    output_dir = Path(args.output_dir)
+    check_output_dir(output_dir)
+    accelerator = Accelerator(
+        cpu=not has_accelerator(),  # so that torchrun on CPUs starts a gloo process group
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+
+    # ---- data: loaded and tokenized once, by the main process first (the others read its cache) ----
+    start = time.perf_counter()
+    encoder_path = model_args.encoder_name_or_path or default_encoder_path()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    except OSError as err:
+        raise InputError(f"{encoder_path}: can't load a tokenizer from it ({str(err).splitlines()[0]})") from None
+    with accelerator.main_process_first():
+        data = load_data(data_args, max_history=model_args.max_history, seed=args.seed)
+        items = tokenize_items(data.items, tokenizer, model_args.max_item_tokens)
+    catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
+
+    config = build_config(model_args)
+    model = RecsysBertModel.from_encoder(config)
+    catalogue.compute_frozen_states(model.to(accelerator.device), accelerator, args.per_device_eval_batch_size)
+    train_rows = data.train
+    eval_collator = EvalCollator(
+        config.max_history, catalogue if config.user_tower == "text" else None, config.max_user_tokens
+    )
+
+    def run_eval(scorer, rows, description):
+        return evaluate(
+            scorer,
+            rows,
+            accelerator,
+            eval_collator,
+            args.per_device_eval_batch_size,
+            args.eval_ks,
+            args.exclude_history,
+            description,
+        )
+
+    baselines = {}
+    if args.run_baselines:
+        baselines["popularity"] = run_eval(
+            popularity_scorer(data.train_item_counts, accelerator.device), data.test, "Popularity"
+        )
+        zero_shot_vectors = _zero_shot_item_vectors(model, catalogue, accelerator, args.per_device_eval_batch_size)
+        baselines["zero_shot"] = run_eval(mean_history_scorer(zero_shot_vectors), data.test, "Zero-shot")
+        del zero_shot_vectors
+
+    # ---- optimizer, schedule, prepare ----
+    train_loader = DataLoader(
+        train_rows,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=TrainCollator(catalogue, config, args),
+        num_workers=args.dataloader_num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+    )
+    optimizer = torch.optim.AdamW(_parameter_groups(model, args), lr=args.learning_rate)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * max_steps) * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    # the prepared loader is sharded across processes: recompute the steps
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+    if args.max_steps <= 0:
+        max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+
+    unwrapped = accelerator.unwrap_model(model)
+    trainable = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
+    summary = {
+        "data": data.name,
+        "users": len(data.test),
+        "items": len(data.items),
+        "train_samples": len(train_rows),
+        "trainable_parameters": trainable,
+        "total_parameters": sum(p.numel() for p in unwrapped.parameters()),
+        "effective_batch_size": args.per_device_train_batch_size
+        * accelerator.num_processes
+        * args.gradient_accumulation_steps,
+        "max_steps": max_steps,
+        "processes": accelerator.num_processes,
+        "loading_seconds": round(time.perf_counter() - start, 1),
+    }
+    if accelerator.is_main_process:
+        logger.info("Skipped while loading: %s", format_skipped(data.skipped))
+        logger.info("Run: %s", json.dumps(summary))
+    accelerator.init_trackers(
+        "train",
+        config={
+            k: v
+            for k, v in settings_dict(model_args, data_args, args).items()
+            if isinstance(v, (int, float, str, bool))
+        },
+    )
+
+    # ---- resume ----
+    state = {"global_step": 0, "best_metric": None, "best_step": None, "evals_without_improvement": 0, "history": []}
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+        if checkpoint is None:
+            logger.info("No complete checkpoint in %s: starting from scratch", output_dir)
+        else:
+            accelerator.load_state(str(checkpoint))
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            if accelerator.is_main_process and (checkpoint / "best_model").exists():
+                shutil.rmtree(output_dir / "best_model", ignore_errors=True)
+                shutil.copytree(checkpoint / "best_model", output_dir / "best_model")
+            logger.info("Resumed from %s at step %d", checkpoint, state["global_step"])
+
+    # ---- the loop ----
+    best_dir = output_dir / "best_model"
+    loss_fn = per_sample_negatives_loss if data.is_impressions else shared_negatives_loss
+    progress = tqdm(
+        total=max_steps, initial=state["global_step"], desc="Training", disable=not accelerator.is_local_main_process
+    )
+    stop = state["global_step"] >= max_steps
+    window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+    start_epoch = state["global_step"] // steps_per_epoch
+    for epoch in range(start_epoch, num_epochs):
+        if stop:
+            break
+        model.train()
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        skip = (state["global_step"] - epoch * steps_per_epoch) * args.gradient_accumulation_steps
+        if skip > 0:
+            loader = accelerator.skip_first_batches(train_loader, skip)
+        for micro_step, batch in enumerate(loader, start=skip):
+            torch.manual_seed(args.seed * 1_000_003 + epoch * 100_003 + micro_step)  # dropout: same on resume
+            with accelerator.accumulate(model):
+                positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
+                output = model(**batch)
+                if data.is_impressions:
+                    loss = loss_fn(
+                        output.user_vectors,
+                        output.positive_vectors,
+                        positive_ids,
+                        output.negative_vectors,
+                        negative_ids,
+                        config.temperature,
+                    )
+                else:
+                    loss = loss_fn(
+                        output.user_vectors,
+                        output.positive_vectors,
+                        positive_ids,
+                        output.negative_vectors,
+                        negative_ids,
+                        config.temperature,
+                        in_batch=args.in_batch_negatives,
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            window_loss += loss.detach().float().item()
+            window_samples += len(positive_ids)
+            if not accelerator.sync_gradients:
+                continue
+            state["global_step"] += 1
+            step = state["global_step"]
+            progress.update(1)
+            if step % args.logging_steps == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                logs = {
+                    "train/loss": window_loss / max(1, window_samples / args.per_device_train_batch_size),
+                    "train/learning_rate": scheduler.get_last_lr()[0],
+                    "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
+                    "train/epoch": step / steps_per_epoch,
+                }
+                accelerator.log(logs, step=step)
+                progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+            if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps:
+                improved = _validate(model, catalogue, accelerator, args, run_eval, data, state, step)
+                if improved and accelerator.is_main_process:
+                    save_model_atomic(accelerator.unwrap_model(model), tokenizer, best_dir)
+                accelerator.wait_for_everyone()
+                if args.early_stopping_patience and state["evals_without_improvement"] >= args.early_stopping_patience:
+                    logger.info(
+                        "Early stopping at step %d (best %s at step %s)",
+                        step,
+                        state["best_metric"],
+                        state["best_step"],
+                    )
+                    stop = True
+            if args.save_steps > 0 and step % args.save_steps == 0:
+                _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
+            if step >= max_steps or stop:
+                stop = True
+                break
+        if stop:
+            break
+    progress.close()
+
+    # ---- the best model on test; everything written atomically ----
+    if best_dir.exists():
+        best = RecsysBertModel.from_pretrained(best_dir)
+        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
+    unwrapped = accelerator.unwrap_model(model)
+    item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
+    scorer = model_scorer(unwrapped, item_vectors, accelerator)
+    test_metrics = run_eval(scorer, data.test, "Test")
+    valid_metrics = next((h["metrics"] for h in state["history"] if h["step"] == state["best_step"]), {})
+    results = {
+        "valid": valid_metrics,
+        "test": test_metrics,
+        "baselines": baselines,
+        "protocol": {
+            "data": data.name,
+            "ranking": "impressions" if data.is_impressions else "full catalogue",
+            "items": len(data.items),
+            "history_excluded": bool(args.exclude_history),
+            "ties": "broken against the target",
+            "best_step": state["best_step"],
+            "steps": state["global_step"],
+            "metric_for_best_model": args.metric_for_best_model,
+        },
+        "run": summary,
+    }
+    accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state["global_step"])
+    if accelerator.is_main_process:
+        save_model_atomic(unwrapped, tokenizer, output_dir / "model")
+        _promote_model(output_dir)
+        _write_json_atomic(output_dir / "metrics.json", results)
+        tmp = output_dir / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(settings_dict(model_args, data_args, args), sort_keys=False))
+        os.replace(tmp, output_dir / "config.yaml")
+        shutil.rmtree(best_dir, ignore_errors=True)
+        logger.info("Test: %s", json.dumps({k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def _promote_model(output_dir: Path) -> None:
+    """Moves the saved model's files from `output_dir/model` to `output_dir` itself (one rename each)."""
+    model_dir = output_dir / "model"
+    for f in model_dir.iterdir():
+        os.replace(f, output_dir / f.name)
+    model_dir.rmdir()
+
+
+def _validate(model, catalogue, accelerator, args, run_eval, data: RecData, state: dict, step: int) -> bool:
+    """Validation metrics at `step`; True when they are the best so far."""
+    unwrapped = accelerator.unwrap_model(model)
+    item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
+    metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), data.valid, "Validating")
+    model.train()
+    accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=step)
+    if args.metric_for_best_model not in metrics:
+        raise InputError(f"metric_for_best_model: {args.metric_for_best_model!r} is not one of {sorted(metrics)}")
+    value = metrics[args.metric_for_best_model]
+    state["history"].append({"step": step, "metrics": metrics})
+    if state["best_metric"] is None or value > state["best_metric"]:
+        state.update(best_metric=value, best_step=step, evals_without_improvement=0)
+        logger.info("Step %d: valid %s = %.4f (best)", step, args.metric_for_best_model, value)
+        return True
+    state["evals_without_improvement"] += 1
+    logger.info(
+        "Step %d: valid %s = %.4f (best %.4f at step %d)",
+        step,
+        args.metric_for_best_model,
+        value,
+        state["best_metric"],
+        state["best_step"],
+    )
+    return False
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
+    """`save_state` into a temporary folder, then renamed; `trainer_state.json` is written last, so a folder
+    without it is incomplete and skipped on resume."""
+    final = output_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
+    tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{state['global_step']}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        if (output_dir / "best_model").exists():  # the best model so far is part of the state to resume
+            shutil.copytree(output_dir / "best_model", tmp / "best_model")
+        _write_json_atomic(tmp / "trainer_state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        checkpoints = sorted(
+            (p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()),
+            key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)),
+        )
+        for old in checkpoints[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _parameter_groups(model: RecsysBertModel, args: TrainingArguments) -> list[dict]:
+    """Encoder layers at `encoder_learning_rate`, the new layers at `learning_rate`; no decay on biases and norms."""
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = args.encoder_learning_rate if name.startswith("encoder.") else args.learning_rate
+        decay = 0.0 if param.dim() < 2 else args.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+@torch.no_grad()
+def _zero_shot_item_vectors(model: RecsysBertModel, catalogue: Catalogue, accelerator: Accelerator, batch_size: int):
+    """The untrained encoder's unit item vectors (pooling only, no projection): the zero-shot baseline."""
+    if model.config.finetune_layers == 0:  # the cache already holds the pooled output of the whole encoder
+        return torch.nn.functional.normalize(catalogue.frozen_states, dim=-1).to(accelerator.device)
+    was_training = model.training
+    model.eval()
+
+    def encode(input_ids, attention_mask):
+        return torch.nn.functional.normalize(model.encode_texts(attention_mask, input_ids=input_ids), dim=-1)
+
+    vectors = catalogue._run_sharded(encode, accelerator, batch_size, "Zero-shot items")
+    model.train(was_training)
+    return vectors.to(accelerator.device)

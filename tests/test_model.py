@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
+
+from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path
+from tests.tiny import make_tiny_encoder
+
+TEXTS = ["Toy Story (1995). Adventure, Animation", "Heat (1995). Action, Crime, Thriller", "Up"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny"))
+
+
+def _tokens(path):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@pytest.mark.parametrize("finetune_layers", [0, 1, 2, -1])
+def test_cached_frozen_states_give_the_same_vectors(tiny, finetune_layers):
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, finetune_layers=finetune_layers))
+    model.eval()
+    input_ids, mask = _tokens(tiny)
+    direct = model.encode_items(mask, input_ids=input_ids)
+    frozen = model.frozen_states(input_ids, mask)
+    if finetune_layers < 0:
+        assert frozen is None  # nothing frozen, nothing to cache
+    else:
+        assert torch.allclose(direct, model.encode_items(mask, frozen_states=frozen), atol=1e-6)
+    trainable = {
+        name.split(".")[3]
+        for name, p in model.named_parameters()
+        if p.requires_grad and name.startswith("encoder.encoder")
+    }
+    assert len(trainable) == (2 if finetune_layers < 0 else finetune_layers)
+    assert model.encoder.embeddings.word_embeddings.weight.requires_grad == (finetune_layers < 0)
+
+
+def test_frozen_layers_stay_in_eval_mode(tiny):
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, finetune_layers=1, dropout=0.5))
+    model.train()
+    assert not model.encoder.encoder.layer[0].training and model.encoder.encoder.layer[1].training
+
+
+def test_save_and_load_give_identical_scores(tiny, tmp_path):
+    torch.manual_seed(0)
+    config = RecsysBertConfig(encoder_name_or_path=tiny, finetune_layers=1, projection_dim=16, user_layers=2)
+    model = RecsysBertModel.from_encoder(config).eval()
+    input_ids, mask = _tokens(tiny)
+    items = model.encode_items(mask, input_ids=input_ids)
+    users = model.encode_users(items[[[2, 1], [0, 0]]], torch.tensor([[True, True], [True, False]]))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    loaded = RecsysBertModel.from_pretrained(tmp_path).eval()
+    items2 = loaded.encode_items(mask, input_ids=input_ids)
+    users2 = loaded.encode_users(items2[[[2, 1], [0, 0]]], torch.tensor([[True, True], [True, False]]))
+    assert torch.equal(model.score(users, items), loaded.score(users2, items2))
+
+
+def test_user_without_history_gets_a_finite_vector(tiny):
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny)).eval()
+    users = model.encode_users(torch.randn(2, 3, 32), torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.isfinite(users).all() and torch.allclose(users.norm(dim=-1), torch.ones(2))
+
+
+def test_real_packaged_minilm_loads_offline_and_matches_sentence_transformers():
+    model = RecsysBertModel.from_encoder(RecsysBertConfig()).eval()
+    assert model.encoder.config.hidden_size == 384 and len(model.encoder.encoder.layer) == 6
+    input_ids, mask = _tokens(default_encoder_path())
+    ours = model.encode_items(mask, input_ids=input_ids)
+    reference = SentenceTransformer(default_encoder_path(), device="cpu").encode(TEXTS, convert_to_tensor=True)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert ours[0] @ ours[1] < 0.9  # real weights: different movies, different vectors

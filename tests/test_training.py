@@ -1,0 +1,173 @@
+"""End-to-end training on real files with a tiny random BERT: learning, resume, save/load, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recsys_bert.config import parse_args
+from recsys_bert.training import train
+from tests.conftest import REPO_ROOT
+from tests.tiny import make_tiny_encoder
+
+ML = REPO_ROOT / "data" / "ml-latest-small"
+
+
+@pytest.fixture(scope="module")
+def generic_files(tmp_path_factory) -> tuple[Path, Path]:
+    """The first 40 MovieLens users' ratings as a user's own two files (items + interactions)."""
+    folder = tmp_path_factory.mktemp("generic")
+    ratings = pd.read_csv(ML / "ratings.csv")
+    ratings = ratings[ratings.userId <= 40]
+    movies = pd.read_csv(ML / "movies.csv")
+    movies = movies[movies.movieId.isin(ratings.movieId)]
+    movies.rename(columns={"movieId": "item_id"}).to_csv(folder / "items.csv", index=False)
+    ratings.rename(columns={"userId": "user_id", "movieId": "item_id"}).to_csv(folder / "log.csv", index=False)
+    return folder / "items.csv", folder / "log.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny"))
+
+
+def _args(generic_files, tiny, output_dir, *extra):
+    items, log = generic_files
+    return [
+        "--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}",
+        "--encoder_name_or_path", tiny, "--output_dir", str(output_dir), "--finetune_layers", "-1",
+        "--per_device_train_batch_size", "32", "--num_negatives", "32", "--max_history", "20",
+        "--max_item_tokens", "16", "--logging_steps", "5", "--run_baselines", "false", "--seed", "3",
+        *extra,
+    ]  # fmt: skip
+
+
+def _train(argv):
+    return train(*parse_args(argv))
+
+
+def test_training_beats_the_untrained_model(generic_files, tiny, tmp_path):
+    untrained = _train(_args(generic_files, tiny, tmp_path / "a", "--max_steps", "40", "--learning_rate", "0",
+                             "--encoder_learning_rate", "0"))  # fmt: skip
+    trained = _train(_args(generic_files, tiny, tmp_path / "b", "--max_steps", "40", "--learning_rate", "3e-3",
+                           "--encoder_learning_rate", "1e-3", "--run_baselines", "true"))  # fmt: skip
+    assert trained["test"]["ndcg@10"] > untrained["test"]["ndcg@10"] + 0.02
+    assert trained["test"]["mrr"] > 2 * untrained["test"]["mrr"]
+    written = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert set(written) >= {"valid", "test", "baselines", "protocol"}
+    assert set(written["baselines"]) == {"popularity", "zero_shot"}
+    assert {"ndcg@10", "recall@10", "mrr", "precision@5", "mrr@10"} <= set(written["test"])
+    assert written["protocol"]["history_excluded"] is False
+    assert written["test"]["users"] == 40
+    assert (tmp_path / "b" / "model.safetensors").exists() and (tmp_path / "b" / "config.yaml").exists()
+    assert list((tmp_path / "b" / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resumed_run_equals_uninterrupted_run(generic_files, tiny, tmp_path):
+    extra = (
+        "--max_steps",
+        "9",
+        "--save_steps",
+        "3",
+        "--eval_steps",
+        "3",
+        "--dropout",
+        "0.2",
+        "--save_total_limit",
+        "5",
+    )
+    full = _train(_args(generic_files, tiny, tmp_path / "full", *extra))
+    # the interrupted run: killed after its step-6 checkpoint, with a half-written one beside it
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6")
+    (tmp_path / "resumed" / "checkpoint-7").mkdir()
+    resumed = _train(_args(generic_files, tiny, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest"))
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
+    assert resumed["valid"] == pytest.approx(full["valid"], abs=1e-6)
+    for name in ("checkpoint-9/model.safetensors", "model.safetensors"):  # the last training state and the best model
+        weights_full = load_file(tmp_path / "full" / name)
+        weights_resumed = load_file(tmp_path / "resumed" / name)
+        for key, tensor in weights_full.items():
+            assert torch.allclose(tensor, weights_resumed[key], atol=1e-6), (name, key)
+
+
+def test_saved_model_reloads_to_identical_scores(generic_files, tiny, tmp_path):
+    from recsys_bert.model import RecsysBertModel
+
+    _train(
+        _args(generic_files, tiny, tmp_path, "--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
+    )
+    model = RecsysBertModel.from_pretrained(tmp_path).eval()
+    assert model.config.finetune_layers == 1 and model.config.projection_dim == 16
+    input_ids = torch.tensor([[101, 2000, 102], [101, 3000, 102]])
+    mask = torch.ones_like(input_ids)
+    again = RecsysBertModel.from_pretrained(tmp_path).eval()
+    items, items2 = model.encode_items(mask, input_ids=input_ids), again.encode_items(mask, input_ids=input_ids)
+    assert torch.equal(items, items2)
+
+
+def test_two_processes_train(generic_files, tiny, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = _args(generic_files, tiny, tmp_path, "--max_steps", "4", "--eval_steps", "2")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *argv],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["run"]["processes"] == 2
+    assert metrics["test"]["users"] == 40  # each user counted once across the two processes
+
+
+def test_impressions_train_and_evaluate_on_mind(shared_data, tiny, tmp_path):
+    argv = [
+        "--data_format", "mind", "--data_dir", str(shared_data / "mind-sample"), "--encoder_name_or_path", tiny,
+        "--output_dir", str(tmp_path), "--max_steps", "4", "--per_device_train_batch_size", "16", "--npratio", "3",
+        "--max_item_tokens", "24", "--metric_for_best_model", "auc",
+    ]  # fmt: skip
+    metrics = _train(argv)
+    assert {"auc", "mrr", "ndcg@5", "ndcg@10"} <= set(metrics["test"])
+    assert metrics["protocol"]["ranking"] == "impressions"
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and metrics["test"]["impressions"] > 0
+
+
+def test_text_user_tower_trains(generic_files, tiny, tmp_path):
+    metrics = _train(_args(generic_files, tiny, tmp_path, "--max_steps", "3", "--user_tower", "text",
+                           "--max_user_tokens", "64", "--finetune_layers", "1"))  # fmt: skip
+    assert metrics["test"]["users"] == 40 and metrics["test"]["mrr"] > 0
+
+
+def test_unreadable_interactions_stop_before_training_with_one_line(generic_files, tmp_path):
+    items, _ = generic_files
+    log = tmp_path / "log.csv"
+    log.write_text("user,item_id,timestamp\n1,1,5\n")
+    result = subprocess.run(
+        [sys.executable, "train.py", "--items", str(items), "--interactions", str(log), "--text_template", "{title}",
+         "--output_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(log) in lines[0] and "user_id" in lines[0], result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_bad_config_stops_with_one_line(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_steps: 3\nlearning_rte: 0.1\n")
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(config)], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        == f"error: {config}, line 2, field 'learning_rte': unknown setting (see --help for the settings)"
+    )
