@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: setup
-	$(OFFLINE) $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+	$(OFFLINE) $(VENV)/bin/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no \
 		--dynamo_backend no train.py --config configs/movielens.yaml
 
 test: setup

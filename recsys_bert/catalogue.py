@@ -38,19 +38,15 @@ class Catalogue:
         attention_mask = (torch.arange(width)[None, :] < torch.from_numpy(self.lengths[item_ids])[:, None]).long()
         return input_ids, attention_mask
 
-    def features(self, item_ids: np.ndarray, prefix: str = "item_") -> dict[str, torch.Tensor]:
+    def features(self, item_ids: np.ndarray) -> dict[str, torch.Tensor]:
         """What `RecsysBertModel.encode_items` takes for these items: the cached frozen states when there are any."""
-        input_ids, attention_mask = self.tokens(item_ids)
-        features = {f"{prefix}attention_mask": attention_mask}
+        input_ids, attention_mask = self.tokens(item_ids)  # (n, width)
         if self.frozen_states is None:
-            features[f"{prefix}input_ids"] = input_ids
-        elif self.frozen_states.dim() == 2:
-            features[f"{prefix}frozen_states"] = self.frozen_states[item_ids]  # (n, hidden)
-        else:
-            features[f"{prefix}frozen_states"] = self.frozen_states[
-                item_ids, : input_ids.shape[1]
-            ]  # (n, width, hidden)
-        return features
+            return {"attention_mask": attention_mask, "input_ids": input_ids}
+        if self.frozen_states.dim() == 2:
+            return {"attention_mask": attention_mask, "frozen_states": self.frozen_states[item_ids]}  # (n, hidden)
+        frozen_states = self.frozen_states[item_ids, : input_ids.shape[1]]  # (n, width, hidden)
+        return {"attention_mask": attention_mask, "frozen_states": frozen_states}
 
     def history_text_tokens(self, histories: list[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The 'text' user tower's input: [CLS] text_1 [SEP] text_2 [SEP] ... most recent first, cut at max_tokens.
@@ -82,48 +78,51 @@ class Catalogue:
     def compute_frozen_states(self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256) -> None:
         """Runs the model's frozen lower part once over every item (items split across processes) and keeps it."""
         self.frozen_states = None
-        if model.config.finetune_layers < 0:
-            return
-        self.frozen_states = self._run_sharded(model.frozen_states, accelerator, batch_size, "Caching frozen states")
+        if model.config.finetune_layers >= 0:
+            self.frozen_states = self.encode(model.frozen_states, accelerator, batch_size, "Caching frozen states")
 
     @torch.no_grad()
-    def item_vectors(self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256) -> torch.Tensor:
-        """Unit vectors `(items, dim)` of the whole catalogue, on the accelerator's device (items split across
-        processes, then gathered)."""
-        was_training = model.training
-        model.eval()
+    def encode(self, fn, accelerator: Accelerator, batch_size: int = 256, description: str = "Encoding items"):
+        """`fn(**features)` over every item in length-sorted batches, each process a share, gathered in item order.
 
-        def encode(input_ids, attention_mask, item_ids):
-            features = self.features(item_ids)
-            features = {key.removeprefix("item_"): value.to(accelerator.device) for key, value in features.items()}
-            with accelerator.autocast():
-                return model.encode_items(**features).float()
+        Args:
+            fn: takes `attention_mask` and `input_ids` or `frozen_states` (what `features` gives; tokens only while
+                no frozen states are cached) and returns `(n, ...)` per-item outputs, e.g. `model.encode_items`.
 
-        vectors = self._run_sharded(encode, accelerator, batch_size, "Encoding items", pass_ids=True)
-        model.train(was_training)
-        return vectors.to(accelerator.device)
-
-    def _run_sharded(self, fn, accelerator: Accelerator, batch_size: int, description: str, pass_ids: bool = False):
-        """`fn` over all items in length-sorted batches, each process a share; the results gathered in item order."""
+        Returns:
+            `(items, ...)` float32 on the CPU; 3-D outputs padded to the catalogue's token width.
+        """
         world, rank = accelerator.num_processes, accelerator.process_index
         mine = np.arange(rank, len(self), world)  # (items / world,)
         outputs, order = [], []
         batches = self.length_sorted_batches(mine, batch_size)
         for item_ids in tqdm(batches, desc=description, disable=not accelerator.is_local_main_process, leave=False):
-            input_ids, attention_mask = self.tokens(item_ids)
-            args = (input_ids.to(accelerator.device), attention_mask.to(accelerator.device))
-            out = fn(*args, item_ids) if pass_ids else fn(*args)  # (n, hidden) or (n, width, hidden)
+            features = {key: value.to(accelerator.device) for key, value in self.features(item_ids).items()}
+            with accelerator.autocast():
+                out = fn(**features).float()  # (n, hidden) or (n, width, hidden)
             if out.dim() == 3:  # pad to the catalogue's width so all batches stack
                 out = torch.nn.functional.pad(out, (0, 0, 0, self.input_ids.shape[1] - out.shape[1]))
-            outputs.append(out.float().cpu())
-            order.append(item_ids)
-        local = torch.cat(outputs) if outputs else torch.empty(0)
-        local_ids = torch.from_numpy(np.concatenate(order)) if order else torch.empty(0, dtype=torch.long)
+            outputs.append(out.cpu())
+            order.append(torch.from_numpy(item_ids))
+        if not outputs:  # more processes than items
+            probe = fn(**{k: v.to(accelerator.device) for k, v in self.features(np.arange(1)).items()})
+            outputs.append(probe.float().cpu()[:0])
+            order.append(torch.empty(0, dtype=torch.long))
+        local, local_ids = torch.cat(outputs), torch.cat(order)  # (mine, ...), (mine,)
         if world > 1:
             local = accelerator.pad_across_processes(local.to(accelerator.device), dim=0, pad_index=0)
             local_ids = accelerator.pad_across_processes(local_ids.to(accelerator.device), dim=0, pad_index=-1)
             local, local_ids = accelerator.gather(local).cpu(), accelerator.gather(local_ids).cpu()
-        result = torch.empty((len(self), *local.shape[1:]), dtype=local.dtype)
+        result = torch.empty((len(self), *local.shape[1:]), dtype=local.dtype)  # (items, ...)
         keep = local_ids >= 0
         result[local_ids[keep]] = local[keep]
         return result
+
+    @torch.no_grad()
+    def item_vectors(self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256) -> torch.Tensor:
+        """Unit vectors `(items, dim)` of the whole catalogue (eval mode), on the accelerator's device."""
+        was_training = model.training
+        model.eval()
+        vectors = self.encode(model.encode_items, accelerator, batch_size)
+        model.train(was_training)
+        return vectors.to(accelerator.device)

@@ -31,7 +31,7 @@ class ModelArguments:
     )
     projection_dim: int = field(
         default=0,
-        metadata={"help": "Width of a linear projection after pooling; 0 = no projection (use the encoder's)."},
+        metadata={"help": "Width of the projection head (2-layer MLP) after pooling; 0 = none (the encoder's width)."},
     )
     user_tower: str = field(
         default="attention",

@@ -34,17 +34,23 @@ def _pad(rows: list[np.ndarray], width: int | None = None) -> torch.Tensor:
 class EvalCollator:
     """Batches of evaluation rows: the recent history (most recent first), the full history, the target(s)."""
 
-    def __init__(self, max_history: int, catalogue: Catalogue | None = None, max_user_tokens: int = 0):
+    def __init__(
+        self,
+        max_history: int,
+        full_history: bool = False,
+        catalogue: Catalogue | None = None,
+        max_user_tokens: int = 0,
+    ):
         self.max_history = max_history
+        self.full_history = full_history  # only to exclude the history from the ranking
         self.catalogue = catalogue  # only for the 'text' user tower
         self.max_user_tokens = max_user_tokens
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         recent = [np.asarray(row["history"][-self.max_history :], dtype=np.int64)[::-1] for row in rows]
-        batch = {
-            "history_ids": _pad(recent, self.max_history),  # (users, max_history), -1 = padding
-            "full_history_ids": _pad([np.asarray(row["history"]) for row in rows]),  # (users, longest history)
-        }
+        batch = {"history_ids": _pad(recent, self.max_history)}  # (users, max_history), -1 = padding
+        if self.full_history:
+            batch["full_history_ids"] = _pad([np.asarray(row["history"]) for row in rows])  # (users, longest)
         if "candidates" in rows[0]:
             batch["candidate_ids"] = _pad([np.asarray(row["candidates"]) for row in rows])  # (users, candidates)
             batch["labels"] = _pad([np.asarray(row["labels"]) for row in rows])  # (users, candidates), -1 = padding
@@ -57,39 +63,50 @@ class EvalCollator:
         return batch
 
 
+def eval_loader(
+    rows: datasets.Dataset, collator: EvalCollator, batch_size: int, accelerator: Accelerator
+) -> DataLoader:
+    """Evaluation rows split across processes (prepare once: Accelerate keeps every prepared loader)."""
+    return accelerator.prepare_data_loader(DataLoader(rows, batch_size=batch_size, collate_fn=collator))
+
+
 def evaluate(
     scorer: Scorer,
-    rows: datasets.Dataset,
+    loader: DataLoader,
     accelerator: Accelerator,
-    collator: EvalCollator,
-    batch_size: int,
     ks: list[int],
     exclude_history: bool = False,
     description: str = "Evaluating",
 ) -> dict:
-    """Metrics of `scorer` on `rows`: full-ranking metrics, or MIND's impression metrics for impression rows."""
-    loader = accelerator.prepare_data_loader(DataLoader(rows, batch_size=batch_size, collate_fn=collator))
-    impressions = "candidates" in rows.column_names
+    """Metrics of `scorer` on the rows of `loader` (from `eval_loader`).
+
+    Args:
+        scorer: a batch -> `(users, items)` scores over the whole catalogue.
+        ks: the cut-offs of the @K metrics (full ranking).
+        exclude_history: remove each user's history items, except the target, from the ranking.
+
+    Returns:
+        Full-ranking metrics and `users`, or MIND's impression metrics for impression rows.
+    """
     ranks, labels, scores = [], [], []
     for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with torch.no_grad():
             batch_scores = scorer(batch).float()  # (users, items)
-        if impressions:
-            candidates = batch["candidate_ids"]
-            candidate_scores = batch_scores.gather(1, candidates.clamp(min=0))  # (users, candidates)
+        if "candidate_ids" in batch:
+            candidate_scores = batch_scores.gather(1, batch["candidate_ids"].clamp(min=0))  # (users, candidates)
             candidate_scores = accelerator.pad_across_processes(candidate_scores, dim=1, pad_index=0)
             batch_labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=-1)
-            labels.append(accelerator.gather_for_metrics(batch_labels).cpu())
+            labels.append(accelerator.gather_for_metrics(batch_labels).cpu())  # (all users, candidates)
             scores.append(accelerator.gather_for_metrics(candidate_scores).cpu())
             continue
-        targets = batch["target_ids"]
+        targets = batch["target_ids"]  # (users,)
         if exclude_history:
             history = batch["full_history_ids"]  # (users, longest history)
             drop = (history >= 0) & (history != targets[:, None])
             rows_index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
             batch_scores[rows_index[drop], history[drop]] = -torch.inf
-        ranks.append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
-    if impressions:
+        ranks.append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())  # (all users,)
+    if labels:
         label_rows = [row for part in labels for row in part]
         score_rows = [row for part in scores for row in part]
         keep = [row >= 0 for row in label_rows]

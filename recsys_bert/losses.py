@@ -8,6 +8,8 @@ negative.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -34,13 +36,20 @@ def shared_negatives_loss(
     negative_ids: torch.Tensor,
     temperature: float,
     in_batch: bool = True,
+    item_log_frequency: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each user's positive against the step's shared candidates.
 
+    In-batch candidates are drawn by popularity (they are other samples' positives), so without correction the loss
+    teaches the model to rank popular items down. With `item_log_frequency`, each candidate's logit is corrected by
+    the log of its expected count among the step's candidates (the logQ correction of sampled softmax, Yi et al.
+    2019, for a mix of in-batch and uniform negatives as in Yang et al. 2020).
+
     Args:
         user_vectors (`(batch, dim)`), positive_vectors (`(batch, dim)`), positive_ids (`(batch,)` item ids).
-        negative_vectors (`(negatives, dim)`), negative_ids (`(negatives,)`): sampled items, shared by the batch.
+        negative_vectors (`(negatives, dim)`), negative_ids (`(negatives,)`): uniformly sampled items, shared.
         in_batch: also score every process's positives as candidates for every user.
+        item_log_frequency (`(items,)`): log of each item's share of the training targets.
     """
     batch = user_vectors.shape[0]
     if in_batch:
@@ -53,8 +62,13 @@ def shared_negatives_loss(
         positive_logits = (user_vectors * positive_vectors).sum(-1, keepdim=True)  # (batch, 1)
         labels = torch.zeros(batch, dtype=torch.long, device=user_vectors.device)
         candidate_ids = positive_ids[:, None]  # (batch, 1)
-    negative_logits = user_vectors @ negative_vectors.T  # (batch, negatives)
-    logits = torch.cat([positive_logits, negative_logits], dim=1) / temperature  # (batch, candidates)
+    negative_logits = user_vectors @ negative_vectors.T / temperature  # (batch, negatives)
+    positive_logits = positive_logits / temperature
+    if in_batch and item_log_frequency is not None:
+        num_items = item_log_frequency.shape[0]
+        positive_logits = positive_logits - (math.log(candidate_ids.shape[1]) + item_log_frequency[candidate_ids])
+        negative_logits = negative_logits - (math.log(max(1, negative_ids.shape[0])) - math.log(num_items))
+    logits = torch.cat([positive_logits, negative_logits], dim=1)  # (batch, candidates)
     all_ids = torch.cat([candidate_ids, negative_ids.expand(batch, -1)], dim=1)  # (batch, candidates)
     return _masked_cross_entropy(logits, all_ids, positive_ids, labels)
 

@@ -122,7 +122,11 @@ class RecsysBertModel(PreTrainedModel):
             )
         hidden = self.encoder.config.hidden_size
         dim = config.projection_dim or hidden
-        self.projection = nn.Linear(hidden, dim) if config.projection_dim else nn.Identity()
+        self.projection = (
+            nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            if config.projection_dim
+            else nn.Identity()
+        )
         if config.user_tower == "attention":
             self.user_token = nn.Parameter(torch.zeros(dim))
             self.recency_embeddings = nn.Embedding(config.max_history + 1, dim)  # 0 = the user token, 1 = most recent
@@ -139,7 +143,6 @@ class RecsysBertModel(PreTrainedModel):
     def from_encoder(cls, config: RecsysBertConfig) -> RecsysBertModel:
         """A new recommender around the pretrained encoder `config.encoder_name_or_path` (default: packaged MiniLM)."""
         path = config.encoder_name_or_path or default_encoder_path()
-        config.encoder_name_or_path = path if config.encoder_name_or_path else None
         try:
             encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
         except OSError as err:

@@ -16,6 +16,7 @@ import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
@@ -24,7 +25,14 @@ from recsys_bert.catalogue import Catalogue
 from recsys_bert.config import DataArguments, ModelArguments, TrainingArguments, settings_dict
 from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
 from recsys_bert.errors import InputError
-from recsys_bert.evaluation import EvalCollator, evaluate, mean_history_scorer, model_scorer, popularity_scorer
+from recsys_bert.evaluation import (
+    EvalCollator,
+    eval_loader,
+    evaluate,
+    mean_history_scorer,
+    model_scorer,
+    popularity_scorer,
+)
 from recsys_bert.losses import per_sample_negatives_loss, shared_negatives_loss
 from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path
 
@@ -63,12 +71,15 @@ class TrainCollator:
         history_mask = np.arange(width)[None, :] < lengths[:, None]  # (batch, width)
         for i, h in enumerate(recent):
             history[i, : len(h)] = h
+        # the 'text' user tower reads the history's tokens, not its item vectors: those items need no encoding
+        history_items = history[history_mask] if self.config.user_tower == "attention" else history[:0, 0]
         unique, inverse = np.unique(
-            np.concatenate([history[history_mask], targets, negatives[negatives >= 0]]), return_inverse=True
+            np.concatenate([history_items, targets, negatives[negatives >= 0]]), return_inverse=True
         )
-        n_hist, n_batch = int(history_mask.sum()), len(rows)
+        n_hist, n_batch = len(history_items), len(rows)
         history_index = np.zeros_like(history)
-        history_index[history_mask] = inverse[:n_hist]
+        if n_hist:
+            history_index[history_mask] = inverse[:n_hist]
         negative_index = np.full(negatives.shape, 0, dtype=np.int64)
         negative_index[negatives >= 0] = inverse[n_hist + n_batch :]
         batch = {
@@ -78,17 +89,13 @@ class TrainCollator:
             "negative_index": torch.from_numpy(negative_index),  # (negatives,) or (batch, npratio)
             "positive_ids": torch.from_numpy(targets),  # (batch,)
             "negative_ids": torch.from_numpy(negatives),  # (negatives,) or (batch, npratio), -1 = none
-            **self.catalogue.features(unique),  # (unique_items, ...)
+            **{f"item_{key}": value for key, value in self.catalogue.features(unique).items()},  # (unique_items, ...)
         }
         if self.config.user_tower == "text":
             batch["user_input_ids"], batch["user_attention_mask"] = self.catalogue.history_text_tokens(
                 recent, self.config.max_user_tokens
             )
         return batch
-
-
-def build_config(model_args: ModelArguments) -> RecsysBertConfig:
-    return RecsysBertConfig(**vars(model_args))
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -165,40 +172,18 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     with accelerator.main_process_first():
         data = load_data(data_args, max_history=model_args.max_history, seed=args.seed)
         items = tokenize_items(data.items, tokenizer, model_args.max_item_tokens)
+    if accelerator.is_main_process:
+        logger.info("Skipped while loading %s: %s", data.name, format_skipped(data.skipped).replace("\n", "; "))
+    _check_metric_name(args, data)
     catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
 
-    config = build_config(model_args)
-    model = RecsysBertModel.from_encoder(config)
-    catalogue.compute_frozen_states(model.to(accelerator.device), accelerator, args.per_device_eval_batch_size)
-    train_rows = data.train
-    eval_collator = EvalCollator(
-        config.max_history, catalogue if config.user_tower == "text" else None, config.max_user_tokens
-    )
+    config = RecsysBertConfig(**vars(model_args))
+    model = RecsysBertModel.from_encoder(config).to(accelerator.device)
+    catalogue.compute_frozen_states(model, accelerator, args.per_device_eval_batch_size)
 
-    def run_eval(scorer, rows, description):
-        return evaluate(
-            scorer,
-            rows,
-            accelerator,
-            eval_collator,
-            args.per_device_eval_batch_size,
-            args.eval_ks,
-            args.exclude_history,
-            description,
-        )
-
-    baselines = {}
-    if args.run_baselines:
-        baselines["popularity"] = run_eval(
-            popularity_scorer(data.train_item_counts, accelerator.device), data.test, "Popularity"
-        )
-        zero_shot_vectors = _zero_shot_item_vectors(model, catalogue, accelerator, args.per_device_eval_batch_size)
-        baselines["zero_shot"] = run_eval(mean_history_scorer(zero_shot_vectors), data.test, "Zero-shot")
-        del zero_shot_vectors
-
-    # ---- optimizer, schedule, prepare ----
+    # ---- prepare, then the number of steps of the sharded loader, then the schedule ----
     train_loader = DataLoader(
-        train_rows,
+        data.train,
         batch_size=args.per_device_train_batch_size,
         shuffle=True,
         collate_fn=TrainCollator(catalogue, config, args),
@@ -207,50 +192,61 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         drop_last=True,
     )
     optimizer = torch.optim.AdamW(_parameter_groups(model, args), lr=args.learning_rate)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = max(1, len(train_loader) // args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
     scheduler = get_scheduler(
         args.lr_scheduler_type,
-        optimizer,
+        optimizer,  # the prepared scheduler steps once per process per step
         num_warmup_steps=int(args.warmup_ratio * max_steps) * accelerator.num_processes,
         num_training_steps=max_steps * accelerator.num_processes,
     )
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    # the prepared loader is sharded across processes: recompute the steps
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
-    if args.max_steps <= 0:
-        max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    scheduler = accelerator.prepare(scheduler)
+    eval_collator = EvalCollator(
+        config.max_history,
+        full_history=args.exclude_history,
+        catalogue=catalogue if config.user_tower == "text" else None,
+        max_user_tokens=config.max_user_tokens,
+    )
+    valid_loader = eval_loader(data.valid, eval_collator, args.per_device_eval_batch_size, accelerator)
+    test_loader = eval_loader(data.test, eval_collator, args.per_device_eval_batch_size, accelerator)
+
+    def run_eval(scorer, loader, description):
+        return evaluate(scorer, loader, accelerator, args.eval_ks, args.exclude_history, description)
 
     unwrapped = accelerator.unwrap_model(model)
-    trainable = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
     summary = {
         "data": data.name,
-        "users": len(data.test),
         "items": len(data.items),
-        "train_samples": len(train_rows),
-        "trainable_parameters": trainable,
+        "users": len(set(data.test["user_id"])),
+        "train_samples": len(data.train),
+        "test_rows": len(data.test),
+        "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in unwrapped.parameters()),
         "effective_batch_size": args.per_device_train_batch_size
         * accelerator.num_processes
         * args.gradient_accumulation_steps,
         "max_steps": max_steps,
         "processes": accelerator.num_processes,
-        "loading_seconds": round(time.perf_counter() - start, 1),
+        "setup_seconds": round(time.perf_counter() - start, 1),
     }
     if accelerator.is_main_process:
-        logger.info("Skipped while loading: %s", format_skipped(data.skipped))
         logger.info("Run: %s", json.dumps(summary))
-    accelerator.init_trackers(
-        "train",
-        config={
-            k: v
-            for k, v in settings_dict(model_args, data_args, args).items()
-            if isinstance(v, (int, float, str, bool))
-        },
-    )
+    scalars = (int, float, str, bool)
+    tracked = {k: v for k, v in settings_dict(model_args, data_args, args).items() if isinstance(v, scalars)}
+    accelerator.init_trackers("train", config=tracked)
+
+    baselines = {}
+    if args.run_baselines:
+        popularity = popularity_scorer(data.train_item_counts, accelerator.device)
+        baselines["popularity"] = run_eval(popularity, test_loader, "Popularity")
+        zero_shot_vectors = _zero_shot_item_vectors(unwrapped, catalogue, accelerator, args.per_device_eval_batch_size)
+        baselines["zero_shot"] = run_eval(mean_history_scorer(zero_shot_vectors), test_loader, "Zero-shot")
+        del zero_shot_vectors
 
     # ---- resume ----
+    best_dir = output_dir / "best_model"
     state = {"global_step": 0, "best_metric": None, "best_step": None, "evals_without_improvement": 0, "history": []}
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
@@ -260,51 +256,43 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             accelerator.load_state(str(checkpoint))
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             if accelerator.is_main_process and (checkpoint / "best_model").exists():
-                shutil.rmtree(output_dir / "best_model", ignore_errors=True)
-                shutil.copytree(checkpoint / "best_model", output_dir / "best_model")
+                shutil.rmtree(best_dir, ignore_errors=True)
+                shutil.copytree(checkpoint / "best_model", best_dir)
+            accelerator.wait_for_everyone()
             logger.info("Resumed from %s at step %d", checkpoint, state["global_step"])
 
     # ---- the loop ----
-    best_dir = output_dir / "best_model"
-    loss_fn = per_sample_negatives_loss if data.is_impressions else shared_negatives_loss
+    counts = torch.as_tensor(data.train_item_counts, dtype=torch.float64) + 1.0  # +1: items never a target
+    item_log_frequency = (counts / counts.sum()).log().float().to(accelerator.device)  # (items,)
     progress = tqdm(
         total=max_steps, initial=state["global_step"], desc="Training", disable=not accelerator.is_local_main_process
     )
     stop = state["global_step"] >= max_steps
-    window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-    start_epoch = state["global_step"] // steps_per_epoch
-    for epoch in range(start_epoch, num_epochs):
+    window_loss, window_batches, window_samples = torch.zeros((), device=accelerator.device), 0, 0
+    window_start = time.perf_counter()
+    for epoch in range(state["global_step"] // steps_per_epoch, num_epochs):
         if stop:
             break
         model.train()
         train_loader.set_epoch(epoch)
-        loader = train_loader
         skip = (state["global_step"] - epoch * steps_per_epoch) * args.gradient_accumulation_steps
-        if skip > 0:
-            loader = accelerator.skip_first_batches(train_loader, skip)
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip > 0 else train_loader
         for micro_step, batch in enumerate(loader, start=skip):
-            torch.manual_seed(args.seed * 1_000_003 + epoch * 100_003 + micro_step)  # dropout: same on resume
+            # dropout masks depend only on (seed, process, epoch, micro-step): a resumed run draws the same ones
+            torch.manual_seed(hash((args.seed, accelerator.process_index, epoch, micro_step)) % 2**63)
             with accelerator.accumulate(model):
                 positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
                 output = model(**batch)
+                vectors = (output.user_vectors, output.positive_vectors, positive_ids, output.negative_vectors)
                 if data.is_impressions:
-                    loss = loss_fn(
-                        output.user_vectors,
-                        output.positive_vectors,
-                        positive_ids,
-                        output.negative_vectors,
-                        negative_ids,
-                        config.temperature,
-                    )
+                    loss = per_sample_negatives_loss(*vectors, negative_ids, config.temperature)
                 else:
-                    loss = loss_fn(
-                        output.user_vectors,
-                        output.positive_vectors,
-                        positive_ids,
-                        output.negative_vectors,
+                    loss = shared_negatives_loss(
+                        *vectors,
                         negative_ids,
                         config.temperature,
                         in_batch=args.in_batch_negatives,
+                        item_log_frequency=item_log_frequency,
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -312,7 +300,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            window_loss += loss.detach().float().item()
+            window_loss += loss.detach()
+            window_batches += 1
             window_samples += len(positive_ids)
             if not accelerator.sync_gradients:
                 continue
@@ -322,44 +311,36 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             if step % args.logging_steps == 0 or step == max_steps:
                 elapsed = time.perf_counter() - window_start
                 logs = {
-                    "train/loss": window_loss / max(1, window_samples / args.per_device_train_batch_size),
+                    "train/loss": accelerator.reduce(window_loss, reduction="mean").item() / window_batches,
                     "train/learning_rate": scheduler.get_last_lr()[0],
                     "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
                     "train/epoch": step / steps_per_epoch,
                 }
                 accelerator.log(logs, step=step)
                 progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
-                window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+                window_loss.zero_()
+                window_batches, window_samples, window_start = 0, 0, time.perf_counter()
             if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps:
-                improved = _validate(model, catalogue, accelerator, args, run_eval, data, state, step)
-                if improved and accelerator.is_main_process:
-                    save_model_atomic(accelerator.unwrap_model(model), tokenizer, best_dir)
-                accelerator.wait_for_everyone()
+                if _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step):
+                    if accelerator.is_main_process:
+                        save_model_atomic(accelerator.unwrap_model(model), tokenizer, best_dir)
+                    accelerator.wait_for_everyone()
                 if args.early_stopping_patience and state["evals_without_improvement"] >= args.early_stopping_patience:
-                    logger.info(
-                        "Early stopping at step %d (best %s at step %s)",
-                        step,
-                        state["best_metric"],
-                        state["best_step"],
-                    )
+                    logger.info("Early stopping at step %d (best at step %s)", step, state["best_step"])
                     stop = True
             if args.save_steps > 0 and step % args.save_steps == 0:
                 _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
             if step >= max_steps or stop:
                 stop = True
                 break
-        if stop:
-            break
     progress.close()
 
     # ---- the best model on test; everything written atomically ----
-    if best_dir.exists():
-        best = RecsysBertModel.from_pretrained(best_dir)
-        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     unwrapped = accelerator.unwrap_model(model)
+    if (best_dir / "model.safetensors").exists():
+        unwrapped.load_state_dict(load_file(best_dir / "model.safetensors"))
     item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
-    scorer = model_scorer(unwrapped, item_vectors, accelerator)
-    test_metrics = run_eval(scorer, data.test, "Test")
+    test_metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), test_loader, "Test")
     valid_metrics = next((h["metrics"] for h in state["history"] if h["step"] == state["best_step"]), {})
     results = {
         "valid": valid_metrics,
@@ -386,10 +367,21 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         tmp.write_text(yaml.safe_dump(settings_dict(model_args, data_args, args), sort_keys=False))
         os.replace(tmp, output_dir / "config.yaml")
         shutil.rmtree(best_dir, ignore_errors=True)
-        logger.info("Test: %s", json.dumps({k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}))
+        shown = {k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}
+        logger.info("Test: %s", json.dumps(shown))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
+
+
+def _check_metric_name(args: TrainingArguments, data: RecData) -> None:
+    """Fails before training when `metric_for_best_model` is not a metric that validation reports."""
+    if data.is_impressions:
+        names = ["auc", "mrr", "ndcg@5", "ndcg@10"]
+    else:
+        names = [f"{m}@{k}" for k in args.eval_ks for m in ("ndcg", "recall", "precision", "mrr")] + ["mrr"]
+    if args.metric_for_best_model not in names:
+        raise InputError(f"metric_for_best_model: {args.metric_for_best_model!r} is not one of {', '.join(names)}")
 
 
 def _promote_model(output_dir: Path) -> None:
@@ -400,15 +392,15 @@ def _promote_model(output_dir: Path) -> None:
     model_dir.rmdir()
 
 
-def _validate(model, catalogue, accelerator, args, run_eval, data: RecData, state: dict, step: int) -> bool:
-    """Validation metrics at `step`; True when they are the best so far."""
+def _validate(
+    model, catalogue: Catalogue, accelerator: Accelerator, args: TrainingArguments, run_eval, valid_loader, state, step
+) -> bool:
+    """Validation metrics at `step`, recorded in `state`; True when they are the best so far."""
     unwrapped = accelerator.unwrap_model(model)
     item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
-    metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), data.valid, "Validating")
+    metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), valid_loader, "Validating")
     model.train()
     accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=step)
-    if args.metric_for_best_model not in metrics:
-        raise InputError(f"metric_for_best_model: {args.metric_for_best_model!r} is not one of {sorted(metrics)}")
     value = metrics[args.metric_for_best_model]
     state["history"].append({"step": step, "metrics": metrics})
     if state["best_metric"] is None or value > state["best_metric"]:
@@ -416,14 +408,8 @@ def _validate(model, catalogue, accelerator, args, run_eval, data: RecData, stat
         logger.info("Step %d: valid %s = %.4f (best)", step, args.metric_for_best_model, value)
         return True
     state["evals_without_improvement"] += 1
-    logger.info(
-        "Step %d: valid %s = %.4f (best %.4f at step %d)",
-        step,
-        args.metric_for_best_model,
-        value,
-        state["best_metric"],
-        state["best_step"],
-    )
+    logger.info("Step %d: valid %s = %.4f (best %.4f at step %d)", step, args.metric_for_best_model, value,
+                state["best_metric"], state["best_step"])  # fmt: skip
     return False
 
 
@@ -435,7 +421,8 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, ke
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process has written its part (its RNG states) before the rename
     if accelerator.is_main_process:
         if (output_dir / "best_model").exists():  # the best model so far is part of the state to resume
             shutil.copytree(output_dir / "best_model", tmp / "best_model")
@@ -466,14 +453,12 @@ def _parameter_groups(model: RecsysBertModel, args: TrainingArguments) -> list[d
 @torch.no_grad()
 def _zero_shot_item_vectors(model: RecsysBertModel, catalogue: Catalogue, accelerator: Accelerator, batch_size: int):
     """The untrained encoder's unit item vectors (pooling only, no projection): the zero-shot baseline."""
-    if model.config.finetune_layers == 0:  # the cache already holds the pooled output of the whole encoder
-        return torch.nn.functional.normalize(catalogue.frozen_states, dim=-1).to(accelerator.device)
     was_training = model.training
     model.eval()
 
-    def encode(input_ids, attention_mask):
-        return torch.nn.functional.normalize(model.encode_texts(attention_mask, input_ids=input_ids), dim=-1)
+    def encode(**features):
+        return torch.nn.functional.normalize(model.encode_texts(**features), dim=-1)  # (n, hidden)
 
-    vectors = catalogue._run_sharded(encode, accelerator, batch_size, "Zero-shot items")
+    vectors = catalogue.encode(encode, accelerator, batch_size, "Zero-shot items")
     model.train(was_training)
     return vectors.to(accelerator.device)

@@ -35,3 +35,17 @@ def test_per_sample_loss_ignores_padding_and_duplicates():
     row1 = torch.cat([(users[1] @ positives[1])[None], negatives[1] @ users[1]])
     expected = (F.cross_entropy(row0[None], torch.tensor([0])) + F.cross_entropy(row1[None], torch.tensor([0]))) / 2
     assert torch.allclose(loss, expected)
+
+
+def test_logq_correction_subtracts_the_log_expected_count_of_each_candidate():
+    torch.manual_seed(0)
+    users, positives, negatives = torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, 4)
+    positive_ids, negative_ids = torch.tensor([0, 1]), torch.tensor([2, 3, 4])
+    log_frequency = torch.log(torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1]))
+    loss = shared_negatives_loss(
+        users, positives, positive_ids, negatives, negative_ids, 1.0, item_log_frequency=log_frequency
+    )
+    # in-batch candidate j: expected count 2 * p_j; uniform negatives: 3 / 5 each
+    corrections = torch.cat([torch.log(2 * torch.tensor([0.5, 0.2])), torch.log(torch.tensor([0.6, 0.6, 0.6]))])
+    logits = torch.cat([users @ positives.T, users @ negatives.T], 1) - corrections
+    assert torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 1])))

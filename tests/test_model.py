@@ -54,12 +54,12 @@ def test_save_and_load_give_identical_scores(tiny, tmp_path):
     model = RecsysBertModel.from_encoder(config).eval()
     input_ids, mask = _tokens(tiny)
     items = model.encode_items(mask, input_ids=input_ids)
-    users = model.encode_users(items[[[2, 1], [0, 0]]], torch.tensor([[True, True], [True, False]]))
+    users = model.encode_users(items[torch.tensor([[2, 1], [0, 0]])], torch.tensor([[True, True], [True, False]]))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
     loaded = RecsysBertModel.from_pretrained(tmp_path).eval()
     items2 = loaded.encode_items(mask, input_ids=input_ids)
-    users2 = loaded.encode_users(items2[[[2, 1], [0, 0]]], torch.tensor([[True, True], [True, False]]))
+    users2 = loaded.encode_users(items2[torch.tensor([[2, 1], [0, 0]])], torch.tensor([[True, True], [True, False]]))
     assert torch.equal(model.score(users, items), loaded.score(users2, items2))
 
 

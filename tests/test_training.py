@@ -99,19 +99,30 @@ def test_resumed_run_equals_uninterrupted_run(generic_files, tiny, tmp_path):
             assert torch.allclose(tensor, weights_resumed[key], atol=1e-6), (name, key)
 
 
-def test_saved_model_reloads_to_identical_scores(generic_files, tiny, tmp_path):
+def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tiny, tmp_path):
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    from recsys_bert.catalogue import Catalogue
+    from recsys_bert.data import load_data, tokenize_items
+    from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer
     from recsys_bert.model import RecsysBertModel
 
-    _train(
-        _args(generic_files, tiny, tmp_path, "--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
-    )
+    argv = _args(generic_files, tiny, tmp_path, "--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
+    written = _train(argv)
     model = RecsysBertModel.from_pretrained(tmp_path).eval()
     assert model.config.finetune_layers == 1 and model.config.projection_dim == 16
-    input_ids = torch.tensor([[101, 2000, 102], [101, 3000, 102]])
-    mask = torch.ones_like(input_ids)
-    again = RecsysBertModel.from_pretrained(tmp_path).eval()
-    items, items2 = model.encode_items(mask, input_ids=input_ids), again.encode_items(mask, input_ids=input_ids)
-    assert torch.equal(items, items2)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    _, data_args, args = parse_args(argv)
+    data = load_data(data_args, max_history=model.config.max_history)
+    input_ids = tokenize_items(data.items, tokenizer, model.config.max_item_tokens)["input_ids"]
+    catalogue = Catalogue(input_ids, tokenizer.pad_token_id)
+    accelerator = Accelerator(cpu=True)
+    catalogue.compute_frozen_states(model, accelerator)
+    vectors = catalogue.item_vectors(model, accelerator)
+    loader = eval_loader(data.test, EvalCollator(model.config.max_history), 64, accelerator)
+    metrics = evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, args.eval_ks)
+    assert metrics == pytest.approx(written["test"], abs=1e-6)
 
 
 def test_two_processes_train(generic_files, tiny, tmp_path):
