@@ -109,6 +109,9 @@ def save_model_atomic(model: RecsysBertModel, tokenizer, path: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    tmp.chmod(0o755)  # mkdtemp makes it private; a saved model is for sharing
+    for f in tmp.iterdir():
+        f.chmod(0o644)
     if path.exists():
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
