@@ -223,6 +223,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         "data": data.name,
         "items": len(data.items),
         "users": len(set(data.test["user_id"])),
+        # each test row holds the user's history before the target (capped at 50 by atomic files)
+        "interactions": sum(len(h) for h in data.test["history"]) + len(data.test),
         "train_samples": len(data.train),
         "test_rows": len(data.test),
         "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
