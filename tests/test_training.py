@@ -171,10 +171,13 @@ def test_impressions_train_and_evaluate_on_mind(shared_data, tiny, tmp_path):
     assert 0.0 <= metrics["test"]["auc"] <= 1.0 and metrics["test"]["impressions"] > 0
 
 
-def test_text_user_tower_trains(generic_files, tiny, tmp_path):
-    metrics = _train(_args(generic_files, tiny, tmp_path, "--max_steps", "3", "--user_tower", "text",
-                           "--max_user_tokens", "64", "--finetune_layers", "1"))  # fmt: skip
+def test_text_user_tower_trains_in_bf16_with_gradient_accumulation(generic_files, tiny, tmp_path):
+    argv = _args(generic_files, tiny, tmp_path, "--max_steps", "3", "--user_tower", "text", "--max_user_tokens", "64",
+                 "--finetune_layers", "1", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2",
+                 "--logging_steps", "1")  # fmt: skip
+    metrics = _train(argv)
     assert metrics["test"]["users"] == 40 and metrics["test"]["mrr"] > 0
+    assert metrics["protocol"]["steps"] == 3 and metrics["run"]["effective_batch_size"] == 64
 
 
 def test_unreadable_interactions_stop_before_training_with_one_line(generic_files, tmp_path):
