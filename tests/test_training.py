@@ -22,6 +22,15 @@ from tests.tiny import make_tiny_encoder
 ML = REPO_ROOT / "data" / "ml-latest-small"
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each run in this process starts its own Accelerator (settings such as mixed precision differ per test)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+
+
 @pytest.fixture(scope="module")
 def generic_files(tmp_path_factory) -> tuple[Path, Path]:
     """The first 40 MovieLens users' ratings as a user's own two files (items + interactions)."""
