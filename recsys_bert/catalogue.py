@@ -23,8 +23,8 @@ class Catalogue:
         self.lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)  # (items,)
         width = int(self.lengths.max()) if len(input_ids) else 1
         self.input_ids = np.full((len(input_ids), width), pad_token_id, dtype=np.int64)  # (items, tokens)
-        for row, ids in enumerate(input_ids):
-            self.input_ids[row, : len(ids)] = ids
+        if len(input_ids):
+            self.input_ids[np.arange(width)[None, :] < self.lengths[:, None]] = np.concatenate(input_ids)
         self.pad_token_id = pad_token_id
         self.frozen_states: torch.Tensor | None = None  # (items, hidden) or (items, tokens, hidden), on the CPU
 
@@ -54,9 +54,9 @@ class Catalogue:
         Args:
             histories: per user, item ids most recent first.
         """
+        cls, sep = self.input_ids[0, 0], self.input_ids[0, self.lengths[0] - 1]  # every item's first and last token
         rows = []
         for history in histories:
-            cls, sep = self.input_ids[0, 0], self.input_ids[0, self.lengths[0] - 1]
             pieces = [self.input_ids[item, 1 : self.lengths[item]] for item in history]  # each ends with [SEP]
             ids = np.concatenate([[cls], *pieces])[:max_tokens] if pieces else np.array([cls, sep])
             ids[-1] = sep

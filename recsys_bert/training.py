@@ -104,22 +104,17 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_model_atomic(model: RecsysBertModel, tokenizer, path: Path) -> None:
-    """`save_pretrained` (safetensors + JSON config) and the tokenizer into a temporary folder, then renamed."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+def save_model(model: RecsysBertModel, tokenizer, target: Path) -> None:
+    """`save_pretrained` (safetensors + JSON config) and the tokenizer into a temporary folder beside `target`, then
+    each file renamed into `target`: a reader never sees a half-written file."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.chmod(0o755)  # mkdtemp makes it private; a saved model is for sharing
     for f in tmp.iterdir():
-        f.chmod(0o644)
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+        f.chmod(0o644)  # mkdtemp's privacy is not meant for a model to share
+        os.replace(f, target / f.name)
+    tmp.rmdir()
 
 
 def find_checkpoint(output_dir: Path, which: str) -> Path | None:
@@ -328,7 +323,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps:
                 if _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step):
                     if accelerator.is_main_process:
-                        save_model_atomic(accelerator.unwrap_model(model), tokenizer, best_dir)
+                        save_model(accelerator.unwrap_model(model), tokenizer, best_dir)
                     accelerator.wait_for_everyone()
                 if args.early_stopping_patience and state["evals_without_improvement"] >= args.early_stopping_patience:
                     logger.info("Early stopping at step %d (best at step %s)", step, state["best_step"])
@@ -365,8 +360,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     }
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state["global_step"])
     if accelerator.is_main_process:
-        save_model_atomic(unwrapped, tokenizer, output_dir / "model")
-        _promote_model(output_dir)
+        save_model(unwrapped, tokenizer, output_dir)
         _write_json_atomic(output_dir / "metrics.json", results)
         tmp = output_dir / "config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(settings_dict(model_args, data_args, args), sort_keys=False))
@@ -387,14 +381,6 @@ def _check_metric_name(args: TrainingArguments, data: RecData) -> None:
         names = [f"{m}@{k}" for k in args.eval_ks for m in ("ndcg", "recall", "precision", "mrr")] + ["mrr"]
     if args.metric_for_best_model not in names:
         raise InputError(f"metric_for_best_model: {args.metric_for_best_model!r} is not one of {', '.join(names)}")
-
-
-def _promote_model(output_dir: Path) -> None:
-    """Moves the saved model's files from `output_dir/model` to `output_dir` itself (one rename each)."""
-    model_dir = output_dir / "model"
-    for f in model_dir.iterdir():
-        os.replace(f, output_dir / f.name)
-    model_dir.rmdir()
 
 
 def _validate(
