@@ -308,13 +308,25 @@ def _parse(data_args: DataArguments, files: dict[str, Path], max_history: int) -
     return RecData(items, train, valid, test, train_item_counts=counts, skipped=skipped, name=name)
 
 
-def _load_generic(data_args: DataArguments, files: dict[str, Path], max_history: int, skipped: dict[str, int]):
-    fields = _template_fields(data_args.text_template)
-    item_column = data_args.item_id_column
+def load_items(
+    path: str | Path, item_id_column: str = "item_id", text_template: str = "{text}", skipped: dict | None = None
+) -> pd.DataFrame:
+    """An item table alone (.csv, .tsv, .jsonl or .parquet): `item_id` and `text` (from `text_template`) per item,
+    in file order; rows without an id or text, and repeated ids, are skipped and counted in `skipped`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    skipped = {} if skipped is None else skipped
+    fields = _template_fields(text_template)
     why = {field: "named in text_template" for field in fields}
-    table = _read_table(files["items"], [item_column, *fields], skipped, why=why)
-    texts = _render_template(table, data_args.text_template)
-    items = _item_table(table[item_column], texts, files["items"], item_column, skipped)
+    table = _read_table(path, [item_id_column, *fields], skipped, why=why)
+    texts = _render_template(table, text_template)
+    return _item_table(table[item_id_column], texts, path, item_id_column, skipped)
+
+
+def _load_generic(data_args: DataArguments, files: dict[str, Path], max_history: int, skipped: dict[str, int]):
+    item_column = data_args.item_id_column
+    items = load_items(files["items"], item_column, data_args.text_template, skipped)
     columns = (data_args.user_id_column, item_column, data_args.timestamp_column)
     log = _read_table(files["interactions"], list(columns), skipped)
     splits = _leave_one_out(log, items, files["interactions"], columns, max_history, data_args.min_history, skipped)
