@@ -167,28 +167,116 @@ class TrainingArguments:
         default=True, metadata={"help": "Evaluate popularity and the untrained encoder (zero-shot) on test."}
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes of the training data loader."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, upload the output folder (model, tokenizer, model card, item_encoder/) to the "
+            "Hub; the token comes from HF_TOKEN or `hf auth login`."
+        },
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "The Hub repo to push to, e.g. me/recsys-bert-scientific."}
+    )
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+
+
+@dataclass
+class RecommendArguments:
+    model: str = field(
+        default=None, metadata={"help": "A train.py output folder or a Hub id of a trained recsys-bert model."}
+    )
+    split: str = field(
+        default="test",
+        metadata={
+            "help": "Rank for the users of this split of the data (their history before its target, as evaluation "
+            "does); MIND impressions: score each impression's candidates. Ignored with --users.",
+            "choices": ["test", "valid"],
+        },
+    )
+    users: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Ad-hoc users instead of a split: JSON Lines {"user_id": ..., "history": [...]}, history oldest '
+            "first; an entry that is a catalogue item id is that item, any other string is a free text (an item "
+            "unseen at training, embedded from its text)."
+        },
+    )
+    output: str = field(
+        default="recommendations.jsonl",
+        metadata={
+            "help": "Output file: .jsonl, .csv or .parquet (a row per user: user_id, item_ids, scores, "
+            "probabilities), or .txt for MIND impressions (the leaderboard's prediction.txt)."
+        },
+    )
+    top_k: int = field(default=20, metadata={"help": "Items recommended per user."})
+    exclude_history: bool = field(
+        default=False, metadata={"help": "Never recommend an item the user already has (the split's target aside)."}
+    )
+    batch_size: int = field(default=256, metadata={"help": "Users per ranking batch and items per encoding batch."})
+    item_chunk_size: int = field(
+        default=100_000,
+        metadata={"help": "Items scored at once: memory stays at batch_size x item_chunk_size scores."},
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "Precision of the encoder (default: accelerate launch's setting, else 'no').",
+            "choices": ["no", "fp16", "bf16"],
+        },
+    )
+    vector_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder caching the catalogue's item vectors by model + catalogue content ('none': no cache). "
+            "Default: $RECSYS_BERT_CACHE/vectors, else ~/.cache/recsys_bert/vectors."
+        },
+    )
+    pseudonymize_user_ids: bool = field(
+        default=False,
+        metadata={
+            "help": "Write HMAC-SHA256 pseudonyms of the user ids, salted with the secret in the environment "
+            "variable RECSYS_BERT_USER_ID_SALT (never on the command line)."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Picks the users kept by max_eval_users (as in training)."})
 
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, TrainingArguments)
 
 
 def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parses `--config FILE.yaml` (optional) then flags that override it.
+    """train.py's settings: `--config FILE.yaml` (optional) then flags that override it.
 
     Unknown keys in the YAML and unknown flags are errors, as are values of the wrong type.
     """
+    return _parse(args, ALL_ARGUMENTS, "Fine-tune a BERT recommender.")
+
+
+def parse_recommend_args(args: list[str] | None = None) -> tuple[DataArguments, RecommendArguments]:
+    """recommend.py's settings. Its `--config` may be a training YAML: the data settings (and `exclude_history`,
+    `seed`) are used, the model and training ones ignored (the model comes from `--model`)."""
+    data_args, recommend_args = _parse(
+        args, (DataArguments, RecommendArguments), "Rank items for users with a trained recsys-bert model."
+    )
+    if not recommend_args.model:
+        raise InputError("--model is required (a train.py output folder or a Hub id)")
+    return data_args, recommend_args
+
+
+def _parse(args: list[str] | None, types: tuple, description: str) -> tuple:
     args = sys.argv[1:] if args is None else list(args)
-    parser = HfArgumentParser(ALL_ARGUMENTS, description="Fine-tune a BERT recommender.")
+    parser = HfArgumentParser(types, description=description)
     parser.add_argument("--config", type=str, default=None, help="YAML file of settings; flags override it.")
     config_path = _pop_config_path(args)
     if config_path is not None:
-        parser.set_defaults(**load_yaml_settings(config_path))
+        own = {f.name for cls in types for f in dataclasses.fields(cls)}
+        settings = load_yaml_settings(config_path, (*ALL_ARGUMENTS, *types))
+        parser.set_defaults(**{key: value for key, value in settings.items() if key in own})
     # the last two outputs are the namespace holding --config (already read) and the unknown flags
     *dataclasses_out, _, rest = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    model_args, data_args, training_args = dataclasses_out
-    return model_args, data_args, training_args
+    return tuple(dataclasses_out)
 
 
 def _pop_config_path(args: list[str]) -> str | None:
@@ -205,8 +293,8 @@ def _pop_config_path(args: list[str]) -> str | None:
     return None
 
 
-def load_yaml_settings(path: str | Path) -> dict:
-    """Reads a settings YAML and checks every key and value type against the dataclasses."""
+def load_yaml_settings(path: str | Path, types: tuple = ALL_ARGUMENTS) -> dict:
+    """Reads a settings YAML and checks every key and value type against the dataclasses `types`."""
     path = Path(path)
     try:
         settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -218,7 +306,7 @@ def load_yaml_settings(path: str | Path) -> dict:
         raise InputError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(settings, dict):
         raise InputError(f"{path}: expected a mapping of setting: value")
-    fields = {f.name: f for cls in ALL_ARGUMENTS for f in dataclasses.fields(cls)}
+    fields = {f.name: f for cls in types for f in dataclasses.fields(cls)}
     lines = {
         key: i + 1
         for i, text in enumerate(path.read_text(encoding="utf-8").splitlines())

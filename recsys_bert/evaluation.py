@@ -54,7 +54,7 @@ class EvalCollator:
         if "candidates" in rows[0]:
             batch["candidate_ids"] = _pad([np.asarray(row["candidates"]) for row in rows])  # (users, candidates)
             batch["labels"] = _pad([np.asarray(row["labels"]) for row in rows])  # (users, candidates), -1 = padding
-        else:
+        elif "target" in rows[0]:  # (ad-hoc users of recommend.py have none)
             batch["target_ids"] = torch.tensor([row["target"] for row in rows], dtype=torch.long)  # (users,)
         if self.catalogue is not None:
             batch["user_input_ids"], batch["user_attention_mask"] = self.catalogue.history_text_tokens(
@@ -122,19 +122,24 @@ def model_scorer(model: RecsysBertModel, item_vectors: torch.Tensor, accelerator
     """Scores of the recommender: its user vectors against the catalogue's item vectors (in eval mode: the caller
     puts the model back into training mode)."""
     model.eval()
+    return lambda batch: model.score(user_vectors(model, batch, item_vectors, accelerator), item_vectors)
 
-    def scorer(batch):
-        history = batch["history_ids"]
-        with accelerator.autocast():
-            if model.config.user_tower == "text":
-                users = model.encode_users(
-                    input_ids=batch["user_input_ids"], attention_mask=batch["user_attention_mask"]
-                )
-            else:
-                users = model.encode_users(item_vectors[history.clamp(min=0)], history >= 0)  # (users, dim)
-        return model.score(users.float(), item_vectors)  # (users, items)
 
-    return scorer
+def user_vectors(
+    model: RecsysBertModel, batch: dict[str, torch.Tensor], item_vectors: torch.Tensor, accelerator: Accelerator
+) -> torch.Tensor:
+    """Unit user vectors `(users, dim)` of an `EvalCollator` batch, float32.
+
+    Args:
+        item_vectors (`(items, dim)`): the vectors `history_ids` index ('attention' user tower).
+    """
+    history = batch["history_ids"]  # (users, max_history), -1 = padding
+    with accelerator.autocast():
+        if model.config.user_tower == "text":
+            users = model.encode_users(input_ids=batch["user_input_ids"], attention_mask=batch["user_attention_mask"])
+        else:
+            users = model.encode_users(item_vectors[history.clamp(min=0)], history >= 0)  # (users, dim)
+    return users.float()
 
 
 def popularity_scorer(train_item_counts: np.ndarray, device: torch.device) -> Scorer:

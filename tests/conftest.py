@@ -30,3 +30,52 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder not found at {path} (set RECSYS_BERT_SHARED_DATA)")
     return path
+
+
+def reset_accelerate_state() -> None:
+    """Lets the next `Accelerator()` in this process start afresh (settings such as mixed precision differ per run)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    reset_accelerate_state()
+    yield
+
+
+@pytest.fixture(scope="session")
+def generic_files(tmp_path_factory) -> tuple[Path, Path]:
+    """The first 40 MovieLens users' ratings as a user's own two files (items + interactions)."""
+    import pandas as pd
+
+    ml = REPO_ROOT / "data" / "ml-latest-small"
+    folder = tmp_path_factory.mktemp("generic")
+    ratings = pd.read_csv(ml / "ratings.csv")
+    ratings = ratings[ratings.userId <= 40]
+    movies = pd.read_csv(ml / "movies.csv")
+    movies = movies[movies.movieId.isin(ratings.movieId)]
+    movies.rename(columns={"movieId": "item_id"}).to_csv(folder / "items.csv", index=False)
+    ratings.rename(columns={"userId": "user_id", "movieId": "item_id"}).to_csv(folder / "log.csv", index=False)
+    return folder / "items.csv", folder / "log.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A tiny random BERT folder (see tests/tiny.py)."""
+    from tests.tiny import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_train_args(generic_files, tiny: str, output_dir, *extra: str) -> list[str]:
+    """train.py flags for a quick run of the tiny BERT on `generic_files`."""
+    items, log = generic_files
+    return [
+        "--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}",
+        "--encoder_name_or_path", tiny, "--output_dir", str(output_dir), "--finetune_layers", "-1",
+        "--per_device_train_batch_size", "32", "--num_negatives", "32", "--max_history", "20",
+        "--max_item_tokens", "16", "--logging_steps", "5", "--run_baselines", "false", "--seed", "3",
+        *extra,
+    ]  # fmt: skip

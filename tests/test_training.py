@@ -16,48 +16,14 @@ from safetensors.torch import load_file
 
 from recsys_bert.config import parse_args
 from recsys_bert.training import train
-from tests.conftest import REPO_ROOT
-from tests.tiny import make_tiny_encoder
+from tests.conftest import REPO_ROOT, tiny_train_args
 
 ML = REPO_ROOT / "data" / "ml-latest-small"
 
 
 @pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run in this process starts its own Accelerator (settings such as mixed precision differ per test)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-
-
-@pytest.fixture(scope="module")
-def generic_files(tmp_path_factory) -> tuple[Path, Path]:
-    """The first 40 MovieLens users' ratings as a user's own two files (items + interactions)."""
-    folder = tmp_path_factory.mktemp("generic")
-    ratings = pd.read_csv(ML / "ratings.csv")
-    ratings = ratings[ratings.userId <= 40]
-    movies = pd.read_csv(ML / "movies.csv")
-    movies = movies[movies.movieId.isin(ratings.movieId)]
-    movies.rename(columns={"movieId": "item_id"}).to_csv(folder / "items.csv", index=False)
-    ratings.rename(columns={"userId": "user_id", "movieId": "item_id"}).to_csv(folder / "log.csv", index=False)
-    return folder / "items.csv", folder / "log.csv"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return make_tiny_encoder(tmp_path_factory.mktemp("tiny"))
-
-
-def _args(generic_files, tiny, output_dir, *extra):
-    items, log = generic_files
-    return [
-        "--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}",
-        "--encoder_name_or_path", tiny, "--output_dir", str(output_dir), "--finetune_layers", "-1",
-        "--per_device_train_batch_size", "32", "--num_negatives", "32", "--max_history", "20",
-        "--max_item_tokens", "16", "--logging_steps", "5", "--run_baselines", "false", "--seed", "3",
-        *extra,
-    ]  # fmt: skip
+def _fresh_state(fresh_accelerate_state):
+    """Each run in this process starts its own Accelerator."""
 
 
 def _train(argv):
@@ -115,11 +81,12 @@ def test_resumed_run_equals_uninterrupted_run(generic_files, tiny, tmp_path):
         "--save_total_limit",
         "5",
     )
-    full = _train(_args(generic_files, tiny, tmp_path / "full", *extra))
+    full = _train(tiny_train_args(generic_files, tiny, tmp_path / "full", *extra))
     # the interrupted run: killed after its step-6 checkpoint, with a half-written one beside it
     shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6")
     (tmp_path / "resumed" / "checkpoint-7").mkdir()
-    resumed = _train(_args(generic_files, tiny, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest"))
+    resume = ("--resume_from_checkpoint", "latest")
+    resumed = _train(tiny_train_args(generic_files, tiny, tmp_path / "resumed", *extra, *resume))
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
     assert resumed["valid"] == pytest.approx(full["valid"], abs=1e-6)
     for name in ("checkpoint-9/model.safetensors", "model.safetensors"):  # the last training state and the best model
@@ -138,7 +105,8 @@ def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tin
     from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer
     from recsys_bert.model import RecsysBertModel
 
-    argv = _args(generic_files, tiny, tmp_path, "--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
+    extra = ("--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
+    argv = tiny_train_args(generic_files, tiny, tmp_path, *extra)
     written = _train(argv)
     model = RecsysBertModel.from_pretrained(tmp_path).eval()
     assert model.config.finetune_layers == 1 and model.config.projection_dim == 16
@@ -157,7 +125,7 @@ def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tin
 
 def test_two_processes_train(generic_files, tiny, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = _args(generic_files, tiny, tmp_path, "--max_steps", "4", "--eval_steps", "2")
+    argv = tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "4", "--eval_steps", "2")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *argv],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -181,9 +149,11 @@ def test_impressions_train_and_evaluate_on_mind(shared_data, tiny, tmp_path):
 
 
 def test_text_user_tower_trains_in_bf16_with_gradient_accumulation(generic_files, tiny, tmp_path):
-    argv = _args(generic_files, tiny, tmp_path, "--max_steps", "3", "--user_tower", "text", "--max_user_tokens", "64",
-                 "--finetune_layers", "1", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2",
-                 "--logging_steps", "1")  # fmt: skip
+    argv = tiny_train_args(
+        generic_files, tiny, tmp_path, "--max_steps", "3", "--user_tower", "text", "--max_user_tokens", "64",
+        "--finetune_layers", "1", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2",
+        "--logging_steps", "1",
+    )  # fmt: skip
     metrics = _train(argv)
     assert metrics["test"]["users"] == 40 and metrics["test"]["mrr"] > 0
     assert metrics["protocol"]["steps"] == 3 and metrics["run"]["effective_batch_size"] == 64

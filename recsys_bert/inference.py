@@ -1,0 +1,499 @@
+"""Batch inference: top-K items for many users, or scores of MIND impressions, from a trained model.
+
+The catalogue is encoded once (length-sorted batches, no gradients, shared across processes) and its vectors cached
+on disk by model + catalogue content; users are encoded in batches, each process taking a contiguous slice of them;
+ranking runs over chunks of the catalogue with a running top-K and log-normalizer, so no `users x items` matrix is
+ever held. Outputs are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from recsys_bert.catalogue import Catalogue
+from recsys_bert.config import DataArguments, RecommendArguments
+from recsys_bert.data import format_skipped, load_data, load_items, tokenize_items
+from recsys_bert.errors import InputError
+from recsys_bert.evaluation import EvalCollator, user_vectors
+from recsys_bert.model import RecsysBertModel
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_EXTENSIONS = (".jsonl", ".csv", ".parquet", ".txt")
+SALT_VARIABLE = "RECSYS_BERT_USER_ID_SALT"
+
+
+# ---------------------------------------------------------------- the model and the catalogue
+
+
+def load_model(name_or_path: str) -> tuple[RecsysBertModel, object]:
+    """A trained model (eval mode) and its tokenizer from a local folder or a Hub id; weights from safetensors only."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path}: not a recsys-bert model folder (no config.json; train.py writes one)")
+        if not any(path.glob("model*.safetensors")):
+            raise InputError(f"{path}: no model.safetensors in the folder (the weights are missing)")
+    try:
+        model = RecsysBertModel.from_pretrained(name_or_path, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{name_or_path}: can't load the model ({str(err).strip().splitlines()[0]})") from None
+    return model.eval(), tokenizer
+
+
+def fingerprint(model: RecsysBertModel, catalogue: Catalogue, precision: str) -> str:
+    """A key of the catalogue's item vectors: the model's config and weights, every item's tokens, the precision."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digest.update(catalogue.lengths.tobytes())
+    digest.update(catalogue.input_ids.tobytes())
+    digest.update(precision.encode())
+    return digest.hexdigest()[:32]
+
+
+def catalogue_vectors(
+    model: RecsysBertModel, catalogue: Catalogue, accelerator: Accelerator, batch_size: int, cache_dir: Path | None
+) -> tuple[torch.Tensor, bool]:
+    """The catalogue's unit item vectors `(items, dim)` on the CPU, and whether they came from the cache."""
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / f"{fingerprint(model, catalogue, accelerator.mixed_precision)}.safetensors"
+        if path.is_file():
+            try:
+                vectors = load_file(path)["vectors"]
+                if vectors.shape[0] == len(catalogue):
+                    return vectors, True
+            except Exception as err:  # a damaged cache file is recomputed, never fatal
+                logger.warning("ignoring the damaged vector cache %s (%s)", path, err)
+    vectors = catalogue.item_vectors(model, accelerator, batch_size).cpu()  # (items, dim)
+    if path is not None and accelerator.is_main_process:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"vectors": vectors.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+        except OSError as err:
+            logger.warning("could not write the vector cache %s (%s)", path, err)
+    accelerator.wait_for_everyone()
+    return vectors, False
+
+
+def default_vector_cache() -> Path:
+    root = os.environ.get("RECSYS_BERT_CACHE")
+    return Path(root) / "vectors" if root else Path("~/.cache/recsys_bert/vectors").expanduser()
+
+
+# ---------------------------------------------------------------- ranking
+
+
+@torch.no_grad()
+def top_k(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    exclude: torch.Tensor | None = None,
+    item_chunk_size: int = 100_000,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `k` best items per user, scanning the catalogue in chunks (never a whole `users x items` matrix).
+
+    Args:
+        users (`(users, dim)`): user vectors.
+        items (`(items, dim)`): item vectors.
+        score: `(users, dim), (chunk, dim) -> (users, chunk)` logits, e.g. `RecsysBertModel.score`.
+        exclude (`(users, n)`): item indices each user must not get (-1 = padding; indices past `items` are ignored).
+        item_chunk_size: items scored at once.
+
+    Returns:
+        logits `(users, k')` best first, their item indices `(users, k')`, and the log of the softmax normalizer over
+        the items not excluded `(users,)`; `k' = min(k, items)`, and excluded items only fill rows short of `k'`
+        (with logit -inf).
+    """
+    num_users, num_items = users.shape[0], items.shape[0]
+    k = min(k, num_items)
+    best_logits = users.new_full((num_users, 0), -torch.inf)  # (users, <= k)
+    best_index = torch.zeros((num_users, 0), dtype=torch.long, device=users.device)
+    log_normalizer = users.new_full((num_users,), -torch.inf, dtype=torch.float64)  # (users,), summed over chunks
+    for start in range(0, num_items, item_chunk_size):
+        logits = score(users, items[start : start + item_chunk_size]).float()  # (users, chunk)
+        if exclude is not None:
+            local = exclude - start  # (users, n)
+            hit = (exclude >= 0) & (local >= 0) & (local < logits.shape[1])
+            rows = torch.arange(num_users, device=users.device)[:, None].expand_as(exclude)
+            logits[rows[hit], local[hit]] = -torch.inf
+        log_normalizer = torch.logaddexp(log_normalizer, logits.logsumexp(dim=1).double())
+        chunk_logits, chunk_index = logits.topk(min(k, logits.shape[1]), dim=1)  # (users, <= k)
+        merged_logits = torch.cat([best_logits, chunk_logits], dim=1)  # (users, <= 2k)
+        merged_index = torch.cat([best_index, chunk_index + start], dim=1)
+        best_logits, order = merged_logits.topk(min(k, merged_logits.shape[1]), dim=1)  # (users, <= k)
+        best_index = merged_index.gather(1, order)
+    return best_logits, best_index, log_normalizer.float()
+
+
+# ---------------------------------------------------------------- users
+
+
+def read_users(path: str | Path, item_index: dict[str, int], skipped: dict[str, int]) -> tuple[list[dict], list[str]]:
+    """Ad-hoc users from JSON Lines `{"user_id": ..., "history": [item id or free text, ...]}`, history oldest first.
+
+    Args:
+        item_index: catalogue item index by id (and by text); the catalogue has `max(item_index.values()) + 1` items.
+
+    Returns:
+        Rows `{"user_id", "history"}` whose history indexes the catalogue or, from the catalogue's size on, the
+        returned new texts (items unseen at training, embedded from their text). A bad line
+        is skipped and counted in `skipped`; a file with no usable user is an error.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise InputError(f"{path}: can't be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}, byte {err.start}: not UTF-8 text") from None
+    rows, new_texts, new_index = [], [], {}
+    num_items = max(item_index.values(), default=-1) + 1
+    seen_users: set[str] = set()
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            if not rows and not skipped:
+                raise InputError(f"{path}, line {number}: not JSON ({err.args[0].split(':')[0]})") from None
+            record = None
+        reason = _user_record_problem(record)
+        if reason is None and str(record["user_id"]) in seen_users:
+            reason = "repeated user_id (kept the first)"
+        if reason is not None:
+            skipped[f"{path.name}: {reason}"] = skipped.get(f"{path.name}: {reason}", 0) + 1
+            continue
+        user_id = str(record["user_id"])
+        seen_users.add(user_id)
+        history = []
+        for entry in record["history"]:
+            entry = str(entry).strip()
+            if not entry:
+                continue
+            if entry in item_index:
+                history.append(item_index[entry])
+            else:
+                if entry not in new_index:
+                    new_index[entry] = num_items + len(new_texts)
+                    new_texts.append(entry)
+                history.append(new_index[entry])
+        rows.append({"user_id": user_id, "history": history})
+    if not rows:
+        raise InputError(f'{path}: no usable user (each line: {{"user_id": ..., "history": [...]}})')
+    return rows, new_texts
+
+
+def _user_record_problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return "malformed lines (not a JSON object)"
+    if record.get("user_id") in (None, ""):
+        return "missing user_id"
+    if not isinstance(record.get("history", []), list):
+        return "history not a list"
+    if any(not isinstance(entry, (str, int)) or isinstance(entry, bool) for entry in record.get("history", [])):
+        return "history entries neither ids nor texts"
+    record.setdefault("history", [])
+    return None
+
+
+def pseudonymize(user_ids: list[str], salt: bytes) -> list[str]:
+    """HMAC-SHA256 of each id under a secret salt: stable for one salt, not reversible without it."""
+    return [hmac.new(salt, user_id.encode(), hashlib.sha256).hexdigest()[:32] for user_id in user_ids]
+
+
+# ---------------------------------------------------------------- output
+
+
+class RowWriter:
+    """Writes Arrow record batches to .jsonl, .csv, .parquet or MIND's prediction.txt under a temporary name;
+    `close` renames it to its final name, so a reader never sees a half-written file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.suffix = path.suffix.lower()
+        if self.suffix not in OUTPUT_EXTENSIONS:
+            raise InputError(f"{path}: unknown output type '{path.suffix}' (use {', '.join(OUTPUT_EXTENSIONS)})")
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.parquet: pq.ParquetWriter | None = None
+        self.text: io.TextIOBase | None = None
+        self.csv_header = True
+
+    def write(self, batch: pa.Table) -> None:
+        if self.suffix == ".parquet":
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.tmp, batch.schema)
+            self.parquet.write_table(batch)
+            return
+        if self.text is None:
+            self.text = open(self.tmp, "w", encoding="utf-8", newline="")
+        rows = batch.to_pylist()
+        if self.suffix == ".jsonl":
+            self.text.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        elif self.suffix == ".txt":  # MIND's leaderboard format: "impression_id [rank,rank,...]"
+            self.text.writelines(f"{row['impression_id']} [{','.join(map(str, row['ranks']))}]\n" for row in rows)
+        else:  # csv: list columns as JSON arrays
+            writer = csv.writer(self.text)
+            if self.csv_header:
+                writer.writerow(batch.column_names)
+                self.csv_header = False
+            writer.writerows([json.dumps(v) if isinstance(v, list) else v for v in row.values()] for row in rows)
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+        elif self.text is not None:
+            self.text.close()
+        else:  # no rows at all: still an output (an empty file, or a parquet schema-less table)
+            self.tmp.write_text("")
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        for handle in (self.parquet, self.text):
+            if handle is not None:
+                handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def merge_parts(parts: list[Path], target: Path) -> None:
+    """Concatenates the processes' Parquet parts, in order, into `target` (any output type), streaming."""
+    writer = RowWriter(target)
+    try:
+        for part in parts:
+            if part.stat().st_size == 0:
+                continue
+            for group in range(pq.ParquetFile(part).num_row_groups):
+                writer.write(pq.ParquetFile(part).read_row_group(group))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    for part in parts:
+        part.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
+    """recommend.py: ranks the catalogue for the users of a split or of `--users`, writes `args.output`.
+
+    Returns:
+        The closing summary (users, items, seconds, users/s, cache hit, output).
+    """
+    from recsys_bert.training import has_accelerator
+
+    start = time.perf_counter()
+    output = Path(args.output)
+    if output.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise InputError(f"{output}: unknown output type '{output.suffix}' (use {', '.join(OUTPUT_EXTENSIONS)})")
+    if not output.parent.is_dir():
+        raise InputError(f"{output.parent}: output folder not found")
+    salt = os.environ.get(SALT_VARIABLE, "").encode()
+    if args.pseudonymize_user_ids and not salt:
+        raise InputError(f"--pseudonymize_user_ids needs a secret salt in the environment variable {SALT_VARIABLE}")
+    accelerator = Accelerator(cpu=not has_accelerator(), mixed_precision=args.mixed_precision)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    model, tokenizer = load_model(args.model)
+    model.to(accelerator.device)
+    config = model.config
+
+    # ---- the catalogue and the users ----
+    skipped: dict[str, int] = {}
+    split_rows = None
+    with accelerator.main_process_first():
+        if data_args.data_format != "generic" or data_args.interactions:
+            data = load_data(data_args, max_history=config.max_history, seed=args.seed)
+            items, skipped = data.items, dict(data.skipped)
+            split_rows = data.valid if args.split == "valid" else data.test
+        elif data_args.items:
+            items = datasets.Dataset.from_pandas(
+                load_items(data_args.items, data_args.item_id_column, data_args.text_template, skipped),
+                preserve_index=False,
+            )
+        else:
+            raise InputError("no catalogue: give --config, --data_dir, --items (with --interactions for a split)")
+        items = tokenize_items(items, tokenizer, config.max_item_tokens)
+    item_ids = np.asarray(items["item_id"], dtype=object)
+    catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
+    if args.users:
+        # a history entry is a catalogue item by its id or by its exact text; ids win
+        known = {text: i for i, text in enumerate(items["text"])} | {item: i for i, item in enumerate(item_ids)}
+        rows, new_texts = read_users(args.users, known, skipped)
+    elif split_rows is not None:
+        rows, new_texts = split_rows, []
+    else:
+        raise InputError("no users: give --users, or a data set with interactions (--config or --interactions)")
+    if skipped and accelerator.is_main_process:
+        logger.info("Skipped: %s", format_skipped(skipped).replace("\n", "; "))
+
+    cache_dir = Path(args.vector_cache or default_vector_cache())
+    if (args.vector_cache or "").lower() == "none":
+        cache_dir = None
+    vectors, cache_hit = catalogue_vectors(model, catalogue, accelerator, args.batch_size, cache_dir)
+    history_catalogue = catalogue
+    if new_texts:  # cold start: items unseen at training, embedded from their text; history only, never ranked
+        new_ids = tokenize_items(datasets.Dataset.from_dict({"text": new_texts}), tokenizer, config.max_item_tokens)
+        new_catalogue = Catalogue(new_ids["input_ids"], tokenizer.pad_token_id)
+        vectors = torch.cat([vectors, new_catalogue.item_vectors(model, accelerator, args.batch_size).cpu()])
+        if config.user_tower == "text":
+            history_catalogue = Catalogue(items["input_ids"] + new_ids["input_ids"], tokenizer.pad_token_id)
+    vectors = vectors.to(accelerator.device)  # (items + new texts, dim)
+    encoded = time.perf_counter()
+
+    # ---- each process ranks a contiguous slice of the users; the main process merges the slices in order ----
+    impressions = isinstance(rows, datasets.Dataset) and "candidates" in rows.column_names
+    if output.suffix.lower() == ".txt" and not impressions:
+        raise InputError(f"{output}: .txt is MIND's prediction.txt, for impression data; use .jsonl, .csv or .parquet")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    bounds = np.linspace(0, len(rows), world + 1).astype(int)
+    part = output.with_name(f".{output.name}.part-{rank}.parquet")
+    writer = RowWriter(output if world == 1 else part)
+    collator = EvalCollator(
+        config.max_history,
+        full_history=args.exclude_history,
+        catalogue=history_catalogue if config.user_tower == "text" else None,
+        max_user_tokens=config.max_user_tokens,
+    )
+    num_items = len(catalogue)
+    starts = range(bounds[rank], bounds[rank + 1], args.batch_size)
+    progress = tqdm(total=len(rows), desc="Ranking", disable=not accelerator.is_local_main_process, unit="user")
+    try:
+        for begin in starts:
+            end = min(begin + args.batch_size, bounds[rank + 1])
+            batch_rows = _row_dicts(rows, begin, end)
+            batch = {key: value.to(accelerator.device) for key, value in collator(batch_rows).items()}
+            users = user_vectors(model, batch, vectors, accelerator)  # (users, dim)
+            user_ids = [str(row["user_id"]) for row in batch_rows]
+            if args.pseudonymize_user_ids:
+                user_ids = pseudonymize(user_ids, salt)
+            if impressions:
+                table = _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids)
+            else:
+                exclude = batch.get("full_history_ids")
+                if exclude is not None and "target_ids" in batch:  # the split's target stays rankable
+                    exclude = exclude.masked_fill(exclude == batch["target_ids"][:, None], -1)
+                logits, index, log_normalizer = top_k(
+                    users, vectors[:num_items], args.top_k, model.score, exclude, args.item_chunk_size
+                )
+                table = _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows)
+            writer.write(table)
+            progress.update(world * len(batch_rows))
+    except BaseException:
+        writer.abort()
+        raise
+    progress.close()
+    if world == 1:
+        writer.close()
+    else:
+        writer.close()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            merge_parts([output.with_name(f".{output.name}.part-{r}.parquet") for r in range(world)], output)
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - start
+    summary = {
+        "users": len(rows),
+        "items": num_items,
+        "new_texts": len(new_texts),
+        "processes": world,
+        "vector_cache": "hit" if cache_hit else ("written" if cache_dir else "off"),
+        "encode_seconds": round(encoded - start, 2),
+        "seconds": round(seconds, 2),
+        "users_per_second": round(len(rows) / max(time.perf_counter() - encoded, 1e-9), 1),
+        "output": str(output),
+    }
+    if accelerator.is_main_process:
+        logger.info("Recommended: %s", json.dumps(summary))
+    return summary
+
+
+def _row_dicts(rows, begin: int, end: int) -> list[dict]:
+    if isinstance(rows, list):
+        return rows[begin:end]
+    columns = rows[begin:end]  # a datasets slice: column -> values
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows) -> pa.Table:
+    """One row per user: `user_id`, `item_ids`, `scores` (logits), `probabilities` (softmax over the catalogue),
+    and `target_id` for the users of a split. Items excluded by `exclude_history` (logit -inf) are left out."""
+    logits, index = logits.cpu(), index.cpu()
+    probabilities = (logits - log_normalizer.cpu()[:, None]).exp()  # (users, k)
+    keep = torch.isfinite(logits)
+    columns = {
+        "user_id": user_ids,
+        "item_ids": [item_ids[i[k].numpy()].tolist() for i, k in zip(index, keep)],
+        "scores": [s[k].tolist() for s, k in zip(logits, keep)],
+        "probabilities": [p[k].tolist() for p, k in zip(probabilities, keep)],
+    }
+    if split_rows is not None and "target" in batch_rows[0]:
+        columns["target_id"] = [item_ids[row["target"]] for row in batch_rows]
+    return pa.table(
+        columns,
+        schema=pa.schema(
+            [
+                ("user_id", pa.string()),
+                ("item_ids", pa.list_(pa.string())),
+                ("scores", pa.list_(pa.float32())),
+                ("probabilities", pa.list_(pa.float32())),
+                *([("target_id", pa.string())] if "target_id" in columns else []),
+            ]
+        ),
+    )
+
+
+def _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids) -> pa.Table:
+    """MIND: each impression's candidates in their given order, their logits, and their rank (1 = best)."""
+    candidates = batch["candidate_ids"]  # (users, candidates), -1 = padding
+    logits = torch.einsum("ud,ucd->uc", users, vectors[candidates.clamp(min=0)]) / model.config.temperature
+    logits = logits.masked_fill(candidates < 0, -torch.inf).cpu()  # (users, candidates)
+    order = logits.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(1, order.shape[1] + 1).expand_as(order))  # (users, candidates)
+    lengths = (candidates >= 0).sum(1).cpu().tolist()
+    return pa.table(
+        {
+            "impression_id": [str(row["impression_id"]) for row in batch_rows],
+            "user_id": user_ids,
+            "item_ids": [item_ids[np.asarray(row["candidates"])].tolist() for row in batch_rows],
+            "scores": [s[:n].tolist() for s, n in zip(logits, lengths)],
+            "ranks": [r[:n].tolist() for r, n in zip(ranks, lengths)],
+        },
+        schema=pa.schema(
+            [
+                ("impression_id", pa.string()),
+                ("user_id", pa.string()),
+                ("item_ids", pa.list_(pa.string())),
+                ("scores", pa.list_(pa.float32())),
+                ("ranks", pa.list_(pa.int32())),
+            ]
+        ),
+    )

@@ -1,0 +1,278 @@
+"""recommend.py: the top-K lists of a trained model reproduce its test metrics; cold start, history exclusion,
+chunked ranking, output formats, the vector cache and two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_bert.catalogue import Catalogue
+from recsys_bert.config import parse_args, parse_recommend_args
+from recsys_bert.errors import InputError
+from recsys_bert.inference import load_model, read_users, recommend, top_k
+from recsys_bert.metrics import impression_metrics
+from recsys_bert.training import train
+from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(fresh_accelerate_state):
+    """Each run in this process starts its own Accelerator."""
+
+
+@pytest.fixture(scope="module")
+def trained(generic_files, tiny, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A tiny model trained for a few steps with history excluded, and the data flags it was trained with."""
+    folder = tmp_path_factory.mktemp("trained")
+    extra = ("--max_steps", "4", "--finetune_layers", "1", "--projection_dim", "16", "--exclude_history")
+    reset_accelerate_state()
+    train(*parse_args(tiny_train_args(generic_files, tiny, folder, *extra)))
+    items, log = generic_files
+    data_flags = ["--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}"]
+    return folder, data_flags
+
+
+def _recommend(*argv: str) -> dict:
+    reset_accelerate_state()
+    return recommend(*parse_recommend_args(list(argv)))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype={"user_id": str, "target_id": str})
+    frame = pd.read_csv(path, dtype={"user_id": str, "target_id": str})
+    for column in ("item_ids", "scores", "probabilities"):
+        frame[column] = frame[column].map(json.loads)
+    return frame
+
+
+def _metrics_from_file(frame: pd.DataFrame, k: int) -> dict[str, float]:
+    """NDCG@k, Recall@k and MRR@k from the ranked lists and targets alone (one target per user)."""
+    ranks = np.array(
+        [list(ids).index(t) + 1 if t in list(ids) else 10**9 for ids, t in zip(frame.item_ids, frame.target_id)]
+    )
+    hit = ranks <= k
+    return {
+        f"ndcg@{k}": float(np.where(hit, 1 / np.log2(ranks + 1), 0).mean()),
+        f"recall@{k}": float(hit.mean()),
+        f"mrr@{k}": float(np.where(hit, 1 / ranks, 0).mean()),
+    }
+
+
+def test_top_k_lists_reproduce_the_test_metrics_of_training(trained, tmp_path):
+    folder, data_flags = trained
+    output = tmp_path / "recs.parquet"
+    summary = _recommend("--model", str(folder), *data_flags, "--split", "test", "--top_k", "50",
+                         "--exclude_history", "--output", str(output))  # fmt: skip
+    written = json.loads((folder / "metrics.json").read_text())["test"]
+    frame = _read(output)
+    assert len(frame) == written["users"] == summary["users"] == 40
+    for k in (10, 20, 50):
+        assert _metrics_from_file(frame, k) == pytest.approx({m: written[m] for m in _metrics_from_file(frame, k)},
+                                                             abs=1e-4)  # fmt: skip
+    # probabilities are the softmax over the catalogue (history excluded): below 1 in sum, best first
+    assert all(0 < sum(p) <= 1 + 1e-5 and list(p) == sorted(p, reverse=True) for p in frame.probabilities)
+
+
+def test_output_formats_hold_the_same_rows(trained, tmp_path):
+    folder, data_flags = trained
+    frames = {}
+    for suffix in (".parquet", ".jsonl", ".csv"):
+        _recommend("--model", str(folder), *data_flags, "--top_k", "7", "--output", str(tmp_path / f"r{suffix}"))
+        frames[suffix] = _read(tmp_path / f"r{suffix}")
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    reference = frames[".parquet"]
+    assert list(reference.columns) == ["user_id", "item_ids", "scores", "probabilities", "target_id"]
+    for frame in frames.values():
+        assert frame.user_id.tolist() == reference.user_id.tolist()
+        assert [list(x) for x in frame.item_ids] == [list(x) for x in reference.item_ids]
+        np.testing.assert_allclose(np.stack(frame.scores.map(list)), np.stack(reference.scores.map(list)), rtol=1e-6)
+    with pytest.raises(InputError, match=r"\.xlsx"):
+        _recommend("--model", str(folder), *data_flags, "--output", str(tmp_path / "r.xlsx"))
+
+
+def test_second_run_hits_the_vector_cache(trained, tmp_path, monkeypatch):
+    folder, data_flags = trained
+    flags = ["--model", str(folder), *data_flags, "--vector_cache", str(tmp_path / "cache")]
+    first = _recommend(*flags, "--output", str(tmp_path / "a.jsonl"))
+    assert first["vector_cache"] == "written" and len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the catalogue was encoded again")
+
+    monkeypatch.setattr(Catalogue, "encode", no_encoding)
+    second = _recommend(*flags, "--output", str(tmp_path / "b.jsonl"))
+    assert second["vector_cache"] == "hit"
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_chunked_ranking_equals_full_ranking():
+    generator = torch.Generator().manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(9, 8, generator=generator), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(53, 8, generator=generator), dim=-1)
+    exclude = torch.randint(0, 53, (9, 6), generator=generator)
+    exclude[0] = -1  # a user with nothing to exclude
+    logits = users @ items.T / 0.1
+    rows = torch.arange(9)[:, None].expand_as(exclude)
+    logits[rows[exclude >= 0], exclude[exclude >= 0]] = -torch.inf  # (users, items)
+
+    def score(u, i):
+        return u @ i.T / 0.1
+
+    expected_logits, expected_index = logits.topk(10, dim=1)
+    for chunk in (1, 7, 10, 53, 1000):
+        got_logits, got_index, log_normalizer = top_k(users, items, 10, score, exclude, item_chunk_size=chunk)
+        torch.testing.assert_close(got_logits, expected_logits)
+        assert torch.equal(got_index, expected_index)
+        torch.testing.assert_close(log_normalizer, logits.logsumexp(dim=1))
+    everything, _, _ = top_k(users, items, 100, score, exclude, item_chunk_size=7)
+    assert everything.shape == (9, 53) and torch.isinf(everything[1:, -1]).all()  # excluded items come last
+    assert torch.isfinite(everything[0]).all()
+
+
+def test_recommend_in_chunks_equals_one_pass(trained, tmp_path):
+    folder, data_flags = trained
+    _recommend("--model", str(folder), *data_flags, "--top_k", "30", "--batch_size", "7", "--item_chunk_size", "11",
+               "--exclude_history", "--output", str(tmp_path / "chunked.parquet"))  # fmt: skip
+    _recommend("--model", str(folder), *data_flags, "--top_k", "30", "--exclude_history",
+               "--output", str(tmp_path / "whole.parquet"))  # fmt: skip
+    chunked, whole = _read(tmp_path / "chunked.parquet"), _read(tmp_path / "whole.parquet")
+    assert [list(x) for x in chunked.item_ids] == [list(x) for x in whole.item_ids]
+    np.testing.assert_allclose(np.stack(chunked.probabilities), np.stack(whole.probabilities), rtol=1e-5)
+
+
+def test_cold_start_users_and_items(trained, generic_files, tmp_path):
+    folder, _ = trained
+    items, log = generic_files
+    catalogue = pd.read_csv(items, dtype=str)
+    new_item = {"item_id": "new-1", "title": "Zyzzyx Road Quantum Teapot Saga (2031)", "genres": "Documentary"}
+    catalogue = pd.concat([catalogue, pd.DataFrame([new_item])], ignore_index=True)  # unseen at training
+    catalogue.to_csv(tmp_path / "items.csv", index=False)
+    ratings = pd.read_csv(log, dtype=str)
+    known = ratings[ratings.user_id == "1"].sort_values("timestamp").item_id.tolist()[-5:]
+    titles = catalogue.set_index("item_id")
+    texts = [f"{titles.title[i]}. {titles.genres[i]}" for i in known]  # the catalogue's texts of those items
+    users = [
+        {"user_id": "by-ids", "history": known},
+        {"user_id": "by-texts", "history": texts},
+        {"user_id": "new-text", "history": ["A documentary about teapots"]},
+        {"user_id": "nobody", "history": []},
+        {"user_id": 7, "history": ["new-1"]},
+    ]
+    (tmp_path / "users.jsonl").write_text("".join(json.dumps(u) + "\n" for u in users) + "not json\n")
+    flags = ["--model", str(folder), "--items", str(tmp_path / "items.csv"), "--text_template", "{title}. {genres}",
+             "--users", str(tmp_path / "users.jsonl"), "--top_k", str(len(catalogue))]  # fmt: skip
+    summary = _recommend(*flags, "--output", str(tmp_path / "all.jsonl"))
+    assert summary["users"] == 5 and summary["items"] == len(catalogue) and summary["new_texts"] == 1
+    frame = _read(tmp_path / "all.jsonl").set_index("user_id")
+    assert set(frame.index) == {"by-ids", "by-texts", "new-text", "nobody", "7"}
+    assert frame.item_ids["by-texts"] == frame.item_ids["by-ids"]  # an item's text is that item
+    assert all(len(frame.item_ids[user]) == len(catalogue) for user in frame.index)  # the new item included
+    # a new user (a free text never seen) and a new item (in --items only), scored as the model scores them
+    model, tokenizer = load_model(str(folder))
+
+    def encode(texts):
+        tokens = tokenizer(texts, truncation=True, max_length=model.config.max_item_tokens, return_tensors="pt")
+        return model.encode_items(tokens["attention_mask"], input_ids=tokens["input_ids"])  # (1, dim)
+
+    with torch.no_grad():
+        user = model.encode_users(encode(["A documentary about teapots"])[None], torch.ones(1, 1, dtype=torch.bool))
+        expected = model.score(user, encode([f"{new_item['title']}. {new_item['genres']}"])).item()
+    position = frame.item_ids["new-text"].index("new-1")
+    assert frame.scores["new-text"][position] == pytest.approx(expected, abs=1e-4)
+    # --exclude_history drops what the user has, and only that
+    _recommend(*flags, "--exclude_history", "--output", str(tmp_path / "excluded.jsonl"))
+    without = _read(tmp_path / "excluded.jsonl").set_index("user_id")
+    assert not set(known) & set(without.item_ids["by-ids"]) and len(without.item_ids["by-ids"]) == len(catalogue) - 5
+    assert without.item_ids["by-texts"] == without.item_ids["by-ids"]
+    assert "new-1" not in without.item_ids["7"] and len(without.item_ids["nobody"]) == len(catalogue)
+
+
+def test_read_users_counts_bad_lines_and_rejects_a_bad_file(tmp_path):
+    path = tmp_path / "users.jsonl"
+    path.write_text('{"user_id": "a", "history": ["1", "x"]}\n{"history": []}\n{"user_id": "b", "history": 5}\n[1]\n')
+    skipped: dict[str, int] = {}
+    rows, new_texts = read_users(path, {"1": 0}, skipped)
+    assert rows == [{"user_id": "a", "history": [0, 1]}] and new_texts == ["x"]
+    assert skipped == {"users.jsonl: missing user_id": 1, "users.jsonl: history not a list": 1,
+                       "users.jsonl: malformed lines (not a JSON object)": 1}  # fmt: skip
+    path.write_text("user_id,history\n")
+    with pytest.raises(InputError, match=r"users.jsonl, line 1: not JSON"):
+        read_users(path, {"1": 0}, {})
+
+
+def test_a_model_folder_without_weights_is_a_clear_error(trained, tmp_path):
+    folder, _ = trained
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(InputError, match="model.safetensors"):
+        load_model(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_pseudonymous_user_ids(trained, tmp_path, monkeypatch):
+    folder, data_flags = trained
+    flags = ["--model", str(folder), *data_flags, "--top_k", "3", "--pseudonymize_user_ids"]
+    with pytest.raises(InputError, match="RECSYS_BERT_USER_ID_SALT"):
+        _recommend(*flags, "--output", str(tmp_path / "a.jsonl"))
+    monkeypatch.setenv("RECSYS_BERT_USER_ID_SALT", "s3cret")
+    _recommend(*flags, "--output", str(tmp_path / "a.jsonl"))
+    ids = _read(tmp_path / "a.jsonl").user_id.tolist()
+    assert len(set(ids)) == 40 and all(len(i) == 32 and not i.isdigit() for i in ids)
+
+
+def test_two_processes_write_what_one_process_writes(trained, tmp_path):
+    folder, data_flags = trained
+    argv = ["recommend.py", "--model", str(folder), *data_flags, "--top_k", "10", "--batch_size", "6",
+            "--vector_cache", "none"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *argv, "--output",
+         str(tmp_path / "two.jsonl")], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert '"processes": 2' in two.stderr
+    _recommend(*argv[1:], "--output", str(tmp_path / "one.jsonl"))
+    one, two = _read(tmp_path / "one.jsonl"), _read(tmp_path / "two.jsonl")
+    assert one.user_id.tolist() == two.user_id.tolist() and len(one) == 40
+    assert [list(x) for x in one.item_ids] == [list(x) for x in two.item_ids]
+    np.testing.assert_allclose(np.stack(one.scores), np.stack(two.scores), rtol=1e-5)
+    assert not list(tmp_path.glob(".*"))  # the parts were merged and removed
+
+
+def test_mind_prediction_file_reproduces_the_impression_metrics(shared_data, tiny, tmp_path):
+    data_flags = ["--data_format", "mind", "--data_dir", str(shared_data / "mind-sample")]
+    train(*parse_args([*data_flags, "--encoder_name_or_path", tiny, "--output_dir", str(tmp_path / "m"),
+                       "--max_steps", "3", "--per_device_train_batch_size", "16", "--max_item_tokens", "24",
+                       "--metric_for_best_model", "auc", "--run_baselines", "false"]))  # fmt: skip
+    _recommend("--model", str(tmp_path / "m"), *data_flags, "--output", str(tmp_path / "prediction.txt"))
+    reset_accelerate_state()
+    data_args, _ = parse_recommend_args([*data_flags, "--model", "x"])
+    from recsys_bert.data import load_data
+
+    test = load_data(data_args, max_history=50).test
+    lines = (tmp_path / "prediction.txt").read_text().splitlines()
+    assert len(lines) == len(test)
+    labels, scores = [], []
+    for line, row in zip(lines, test):
+        impression_id, ranks = line.split(" ", 1)
+        assert impression_id == str(row["impression_id"])
+        ranks = np.array(json.loads(ranks))
+        assert sorted(ranks) == list(range(1, len(row["labels"]) + 1))
+        labels.append(np.array(row["labels"]))
+        scores.append(-ranks.astype(float))  # MIND's scorer reads ranks: the best has rank 1
+    written = json.loads((tmp_path / "m" / "metrics.json").read_text())["test"]
+    from_file = impression_metrics(labels, scores)
+    for name in ("auc", "mrr", "ndcg@5", "ndcg@10"):
+        assert from_file[name] == pytest.approx(written[name], abs=1e-4)
