@@ -33,6 +33,7 @@ from recsys_bert.evaluation import (
     model_scorer,
     popularity_scorer,
 )
+from recsys_bert.hub import ITEM_ENCODER_FOLDER, push_to_hub, save_item_encoder, write_model_card
 from recsys_bert.losses import per_sample_negatives_loss, shared_negatives_loss
 from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path
 
@@ -149,6 +150,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     """Loads the data, fine-tunes, evaluates and saves; returns what is written to `metrics.json`."""
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir)
+    if args.push_to_hub and not args.hub_model_id:
+        raise InputError("push_to_hub: set hub_model_id (e.g. me/recsys-bert-movielens)")
     accelerator = Accelerator(
         cpu=not has_accelerator(),  # so that torchrun on CPUs starts a gloo process group
         mixed_precision=args.mixed_precision,
@@ -366,8 +369,19 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         tmp.write_text(yaml.safe_dump(settings_dict(model_args, data_args, args), sort_keys=False))
         os.replace(tmp, output_dir / "config.yaml")
         shutil.rmtree(best_dir, ignore_errors=True)
+        save_item_encoder(unwrapped, tokenizer, output_dir / ITEM_ENCODER_FOLDER)
+        write_model_card(output_dir, args.hub_model_id)
         shown = {k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}
         logger.info("Test: %s", json.dumps(shown))
+        if args.push_to_hub:
+            try:
+                logger.info("Pushed to the Hub: %s", push_to_hub(output_dir, args.hub_model_id, args.hub_private))
+            except Exception as err:  # whatever failed, the trained model is saved: say how to push it again
+                raise InputError(
+                    f"push to {args.hub_model_id} failed ({type(err).__name__}: {str(err).strip().splitlines()[0]}); "
+                    f"the model is saved in {output_dir}: push it with "
+                    f"python -m recsys_bert.hub {output_dir} --hub_model_id {args.hub_model_id}"
+                ) from None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results

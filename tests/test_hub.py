@@ -1,0 +1,164 @@
+"""The Hub: what `--push_to_hub` uploads (through a patched `HfApi`, no network), the model card, the item tower as a
+sentence-transformers model, and a model loaded back from a folder laid out as the Hub's cache serves it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+from recsys_bert.config import parse_args
+from recsys_bert.errors import InputError
+from recsys_bert.hub import save_item_encoder
+from recsys_bert.inference import load_model
+from recsys_bert.model import RecsysBertConfig, RecsysBertModel
+from recsys_bert.training import train
+from tests.conftest import REPO_ROOT, tiny_train_args
+
+REPO_ID = "me/recsys-bert-tiny"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(fresh_accelerate_state):
+    """Each run in this process starts its own Accelerator."""
+
+
+class FakeHub:
+    """Records what `HfApi` is asked to do instead of doing it."""
+
+    def __init__(self, monkeypatch, fail: bool = False):
+        self.repos, self.commits = [], []
+        hub = self
+
+        def create_repo(api, repo_id, **kwargs):
+            if fail:
+                raise ConnectionError("the Hub can't be reached")
+            hub.repos.append((repo_id, kwargs))
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def create_commit(api, repo_id, operations, commit_message, **kwargs):
+            hub.commits.append((repo_id, list(operations), commit_message))
+            return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+
+
+def _texts(items_file: Path, n: int) -> list[str]:
+    movies = pd.read_csv(items_file).head(n)
+    return [f"{title}. {genres}" for title, genres in zip(movies.title, movies.genres)]
+
+
+def test_push_uploads_a_self_contained_model_that_loads_back_from_the_hub_cache(
+    generic_files, tiny, tmp_path, monkeypatch
+):
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "run"
+    hub = FakeHub(monkeypatch)
+    extra = ("--max_steps", "4", "--save_steps", "2", "--projection_dim", "16", "--finetune_layers", "1",
+             "--push_to_hub", "--hub_model_id", REPO_ID, "--hub_private")  # fmt: skip
+    train(*parse_args(tiny_train_args(generic_files, tiny, folder, *extra)))
+
+    # exactly the model's files, one commit, a private repo; no resume state, nothing temporary
+    assert hub.repos == [(REPO_ID, {"private": True, "exist_ok": True, "repo_type": "model"})]
+    (repo_id, operations, _), = hub.commits  # fmt: skip
+    uploaded = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
+    assert repo_id == REPO_ID and (folder / "checkpoint-4").is_dir()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
+            "metrics.json", "config.yaml", "item_encoder/modules.json", "item_encoder/model.safetensors",
+            "item_encoder/2_Dense/config.json"} <= set(uploaded)  # fmt: skip
+    assert not [p for p in uploaded if p.startswith(("checkpoint-", "best_model", ".")) or p.endswith(".tmp")]
+    assert all(path.is_file() and path.is_relative_to(folder) for path in uploaded.values())
+
+    # the model card: Hub metadata and the metrics of metrics.json
+    card = ModelCard.load(folder / "README.md")
+    metrics = json.loads((folder / "metrics.json").read_text())["test"]
+    assert card.data.library_name == "recsys-bert" and "recommendation" in card.data.tags
+    assert card.data.datasets == ["items"] and card.data.model_name == REPO_ID
+    card_metrics = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert card_metrics == {k: round(metrics[k], 4) for k in ("ndcg@10", "recall@10", "mrr")}
+    assert f"python recommend.py --model {REPO_ID}" in card.text and "max_steps: 4" in card.text
+
+    # the item tower as a sentence-transformers model gives the recommender's item vectors
+    model, tokenizer = load_model(str(folder))
+    texts = _texts(generic_files[0], 20) + ["a very long text " * 40]
+    tokens = tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_item_tokens,
+                       return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        expected = model.encode_items(tokens["attention_mask"], input_ids=tokens["input_ids"])
+    got = SentenceTransformer(str(folder / "item_encoder"), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+    # what was uploaded, laid out as the Hub's cache serves it, loads by its repo id (offline)
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    for path_in_repo, source in uploaded.items():
+        (snapshot / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, snapshot / path_in_repo)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    items, log = generic_files
+    argv = ["--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}",
+            "--top_k", "10", "--vector_cache", "none"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    runs = {}
+    for name, model_ref in (("hub", REPO_ID), ("local", str(folder))):
+        result = subprocess.run(
+            [sys.executable, "recommend.py", "--model", model_ref, *argv, "--output", str(tmp_path / f"{name}.jsonl")],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = (tmp_path / f"{name}.jsonl").read_text()
+    assert runs["hub"] == runs["local"] and len(runs["hub"].splitlines()) == 40
+
+
+def test_a_failed_push_keeps_the_model_and_says_how_to_push_it(generic_files, tiny, tmp_path, monkeypatch):
+    FakeHub(monkeypatch, fail=True)
+    extra = ("--max_steps", "2", "--push_to_hub", "--hub_model_id", REPO_ID)
+    with pytest.raises(InputError, match=r"push to me/recsys-bert-tiny failed .*python -m recsys_bert.hub"):
+        train(*parse_args(tiny_train_args(generic_files, tiny, tmp_path, *extra)))
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "metrics.json").is_file()
+    with pytest.raises(InputError, match="hub_model_id"):
+        train(*parse_args(tiny_train_args(generic_files, tiny, tmp_path / "b", "--push_to_hub")))
+
+
+def test_push_an_existing_folder_from_the_command_line(generic_files, tiny, tmp_path, monkeypatch):
+    from recsys_bert import hub
+
+    train(*parse_args(tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "1")))
+    shutil.rmtree(tmp_path / "item_encoder")  # a folder from before item_encoder/ existed: made again on push
+    fake = FakeHub(monkeypatch)
+    hub.main([str(tmp_path), "--hub_model_id", "me/other"])
+    (_, operations, _), = fake.commits  # fmt: skip
+    assert "item_encoder/modules.json" in {op.path_in_repo for op in operations}
+    assert ModelCard.load(tmp_path / "README.md").data.model_name == "me/other"
+
+
+@pytest.mark.slow
+def test_item_encoder_of_the_real_minilm_matches_sentence_transformers(tmp_path):
+    """Real weights: the packaged MiniLM with a projection head, exported and encoded by sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from recsys_bert.model import default_encoder_path
+
+    torch.manual_seed(0)
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(projection_dim=32, max_item_tokens=24)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    save_item_encoder(model, tokenizer, tmp_path / "item_encoder")
+    texts = _texts(REPO_ROOT / "data" / "ml-latest-small" / "movies.csv", 30) + ["word " * 100]
+    tokens = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.encode_items(tokens["attention_mask"], input_ids=tokens["input_ids"])  # (31, 32)
+    got = SentenceTransformer(str(tmp_path / "item_encoder"), device="cpu").encode(texts, convert_to_tensor=True)
+    assert got.shape == (31, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
