@@ -116,6 +116,7 @@ def top_k(
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     exclude: torch.Tensor | None = None,
     item_chunk_size: int = 100_000,
+    ties_against: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The `k` best items per user, scanning the catalogue in chunks (never a whole `users x items` matrix).
 
@@ -125,6 +126,8 @@ def top_k(
         score: `(users, dim), (chunk, dim) -> (users, chunk)` logits, e.g. `RecsysBertModel.score`.
         exclude (`(users, n)`): item indices each user must not get (-1 = padding; indices past `items` are ignored).
         item_chunk_size: items scored at once.
+        ties_against (`(users,)`): an item per user (-1 = none) placed after every item with the same score, as
+            evaluation ranks a target ("ties broken against the target"), so metrics computed from the lists match.
 
     Returns:
         logits `(users, k')` best first, their item indices `(users, k')`, and the log of the softmax normalizer over
@@ -139,17 +142,28 @@ def top_k(
     for start in range(0, num_items, item_chunk_size):
         logits = score(users, items[start : start + item_chunk_size]).float()  # (users, chunk)
         if exclude is not None:
-            local = exclude - start  # (users, n)
-            hit = (exclude >= 0) & (local >= 0) & (local < logits.shape[1])
-            rows = torch.arange(num_users, device=users.device)[:, None].expand_as(exclude)
-            logits[rows[hit], local[hit]] = -torch.inf
+            logits[_in_chunk(exclude, start, logits.shape[1])] = -torch.inf
         log_normalizer = torch.logaddexp(log_normalizer, logits.logsumexp(dim=1).double())
+        if ties_against is not None:  # one step down to the next float: after its equals, before anything lower
+            rows, columns = _in_chunk(ties_against[:, None], start, logits.shape[1])
+            logits[rows, columns] = torch.nextafter(logits[rows, columns], logits.new_tensor(-torch.inf))
         chunk_logits, chunk_index = logits.topk(min(k, logits.shape[1]), dim=1)  # (users, <= k)
         merged_logits = torch.cat([best_logits, chunk_logits], dim=1)  # (users, <= 2k)
         merged_index = torch.cat([best_index, chunk_index + start], dim=1)
         best_logits, order = merged_logits.topk(min(k, merged_logits.shape[1]), dim=1)  # (users, <= k)
         best_index = merged_index.gather(1, order)
+    if ties_against is not None:  # the moved item's own score back
+        moved = best_index == ties_against[:, None]
+        best_logits[moved] = torch.nextafter(best_logits[moved], best_logits.new_tensor(torch.inf))
     return best_logits, best_index, log_normalizer.float()
+
+
+def _in_chunk(item_index: torch.Tensor, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) positions, in a chunk of `size` items from `start`, of `item_index` `(users, n)` (-1 = none)."""
+    local = item_index - start  # (users, n)
+    hit = (item_index >= 0) & (local >= 0) & (local < size)
+    rows = torch.arange(item_index.shape[0], device=item_index.device)[:, None].expand_as(item_index)
+    return rows[hit], local[hit]
 
 
 # ---------------------------------------------------------------- users
@@ -397,11 +411,11 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
             if impressions:
                 table = _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids)
             else:
-                exclude = batch.get("full_history_ids")
-                if exclude is not None and "target_ids" in batch:  # the split's target stays rankable
-                    exclude = exclude.masked_fill(exclude == batch["target_ids"][:, None], -1)
+                exclude, targets = batch.get("full_history_ids"), batch.get("target_ids")
+                if exclude is not None and targets is not None:  # the split's target stays rankable
+                    exclude = exclude.masked_fill(exclude == targets[:, None], -1)
                 logits, index, log_normalizer = top_k(
-                    users, vectors[:num_items], args.top_k, model.score, exclude, args.item_chunk_size
+                    users, vectors[:num_items], args.top_k, model.score, exclude, args.item_chunk_size, targets
                 )
                 table = _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows)
             writer.write(table)

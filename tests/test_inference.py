@@ -135,6 +135,13 @@ def test_chunked_ranking_equals_full_ranking():
         torch.testing.assert_close(got_logits, expected_logits)
         assert torch.equal(got_index, expected_index)
         torch.testing.assert_close(log_normalizer, logits.logsumexp(dim=1))
+    # ties: an item with a copy is placed after the copy when ties go against it, with its own score
+    copies = torch.cat([items, items[[5]]])  # item 53 = item 5
+    for target in (5, 53):
+        got_logits, got_index, _ = top_k(users, copies, 54, score, None, 7, torch.full((9,), target))
+        position = (got_index == target).nonzero()[:, 1]
+        assert (got_index.gather(1, position[:, None] - 1).squeeze(1) == 58 - target).all()
+        torch.testing.assert_close(got_logits.gather(1, position[:, None]).squeeze(1), score(users, items[5:6])[:, 0])
     everything, _, _ = top_k(users, items, 100, score, exclude, item_chunk_size=7)
     assert everything.shape == (9, 53) and torch.isinf(everything[1:, -1]).all()  # excluded items come last
     assert torch.isfinite(everything[0]).all()
