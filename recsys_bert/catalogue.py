@@ -83,7 +83,8 @@ class Catalogue:
 
     @torch.no_grad()
     def encode(self, fn, accelerator: Accelerator, batch_size: int = 256, description: str = "Encoding items"):
-        """`fn(**features)` over every item in length-sorted batches, each process a share, gathered in item order.
+        """`fn(**features)` over every item in length-sorted batches, each process every `world`-th batch, gathered in
+        item order. The batches are those of a single process, so the outputs don't depend on the number of processes.
 
         Args:
             fn: takes `attention_mask` and `input_ids` or `frozen_states` (what `features` gives; tokens only while
@@ -93,9 +94,8 @@ class Catalogue:
             `(items, ...)` float32 on the CPU; 3-D outputs padded to the catalogue's token width.
         """
         world, rank = accelerator.num_processes, accelerator.process_index
-        mine = np.arange(rank, len(self), world)  # (items / world,)
         outputs, order = [], []
-        batches = self.length_sorted_batches(mine, batch_size)
+        batches = self.length_sorted_batches(np.arange(len(self)), batch_size)[rank::world]
         for item_ids in tqdm(batches, desc=description, disable=not accelerator.is_local_main_process, leave=False):
             features = {key: value.to(accelerator.device) for key, value in self.features(item_ids).items()}
             with accelerator.autocast():
