@@ -7,9 +7,10 @@ Four sources (`DataArguments.data_format`):
 - `atomic`: RecBole/UniSRec atomic files with their own split, item indices kept as in the files.
 - `mind`: MIND news.tsv + behaviors.tsv, impressions split by time.
 
-A few bad rows in a good file are skipped and counted in `RecData.skipped`; a file that can't be used at all raises
-`InputError` with one line naming the file, the line and the column. Parsed data is saved under a cache folder keyed
-by the source files (paths, sizes, mtimes) and the settings, so a second load only memory-maps it.
+A few bad rows in a good file are skipped and counted in `RecData.skipped` (an item id on several rows keeps its
+first row with a non-empty text); a file that can't be used at all, or whose malformed lines outnumber the good ones,
+raises `InputError` with one line naming the file, the line and the column. Parsed data is saved under a cache folder
+keyed by the source files (paths, sizes, mtimes) and the settings, so a second load only memory-maps it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ MIND_BEHAVIOR_COLUMNS = ("impression_id", "user_id", "time", "history", "impress
 MIND_TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 ATOMIC_PARTS = ("text", "item2index", "user2index", "train.inter", "valid.inter", "test.inter")
 TABLES = ("items", "train", "valid", "test")
+DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+_JSON_NULL_LINE = re.compile(rb"(?m)^[ \t\r]*null[ \t\r]*$")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 # the data arguments that change the parsed data, per format (max_eval_users is applied after the cache)
 CACHE_KEY_ARGUMENTS = {
     "generic": ("item_id_column", "user_id_column", "timestamp_column", "text_template", "min_history"),
@@ -243,7 +247,9 @@ def _save_cache(data: RecData, cache_dir: Path) -> RecData:
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}-", dir=cache_dir.parent))
         for table in TABLES:
-            getattr(data, table).save_to_disk(str(tmp / table))
+            dataset = getattr(data, table)
+            # an empty table needs one (empty) shard: saved with none, load_from_disk fails on it
+            dataset.save_to_disk(str(tmp / table), num_shards=1 if len(dataset) == 0 else None)
         np.save(tmp / "train_item_counts.npy", data.train_item_counts)
         meta = {"name": data.name, "skipped": data.skipped, "version": CACHE_VERSION}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -377,12 +383,20 @@ def _leave_one_out(
     item_codes = _lookup(items["item_id"], item_ids)
     unknown = ~missing & (item_codes < 0)
     _count(skipped, f"{path.name}: unknown {item_column}", unknown.sum())
+    if unknown.any() and not (~missing & ~unknown).any():  # not one id matches: another column or id format?
+        raise InputError(
+            f"{path}: no usable rows (none of its {item_column} values is in the item table: e.g. "
+            f"{_show(item_ids[unknown][:1])}; the item table has e.g. {_show(items['item_id'][:3])})"
+        )
     times = _parse_timestamps(log[time_column])
     bad_time = ~missing & ~unknown & ~np.isfinite(times)
     _count(skipped, f"{path.name}: missing or unparseable {time_column}", bad_time.sum())
     negative = ~missing & ~unknown & ~bad_time & (times < 0)
     _count(skipped, f"{path.name}: negative {time_column}", negative.sum())
     keep = ~(missing | unknown | bad_time | negative)
+    _count(
+        skipped, f"{path.name}: users with no usable interaction", users[~missing].nunique() - users[keep].nunique()
+    )
     user_codes, user_names = pd.factorize(users[keep])
     order = np.lexsort((times[keep], user_codes))  # np.lexsort is stable: ties keep file order
     user_codes, sequence = user_codes[order], item_codes[keep][order].astype(np.int32)
@@ -402,6 +416,8 @@ def _leave_one_out(
     names = _strings(np.asarray(user_names, dtype=object)[user_codes[starts]])  # one per user
 
     rows_per_user = np.maximum(ends - starts - 3, 0)  # targets at positions 1 .. n-3
+    if not rows_per_user.any():
+        logger.warning("%s: no training rows (no user has more than 3 interactions), only valid and test", path)
     row_user = np.repeat(np.arange(len(starts)), rows_per_user)
     first_row = np.cumsum(rows_per_user) - rows_per_user
     target_pos = starts[row_user] + 1 + np.arange(len(row_user)) - first_row[row_user]
@@ -627,11 +643,15 @@ def _render_template(table: pd.DataFrame, template: str) -> pd.Series:
 
 
 def _item_table(ids: pd.Series, texts: pd.Series, path: Path, id_column: str, skipped: dict[str, int]) -> pd.DataFrame:
-    """Items in file order with a usable id and text; missing ids, repeated ids and empty texts are counted."""
+    """Items in file order with a usable id and text; missing ids, empty texts and repeated ids are counted.
+
+    An id on several rows keeps its first row with a non-empty text (whatever the other rows' texts are).
+    """
     ids = ids.str.strip()
     missing = (ids == "").to_numpy()
-    duplicate = ~missing & ids.duplicated().to_numpy()
-    empty = ~missing & ~duplicate & (texts == "").to_numpy()
+    empty = ~missing & (texts == "").to_numpy()
+    duplicate = ~missing & ~empty
+    duplicate[duplicate] = ids[duplicate].duplicated().to_numpy()
     _count(skipped, f"{path.name}: missing {id_column}", missing.sum())
     _count(skipped, f"{path.name}: duplicate {id_column} (kept the first)", duplicate.sum())
     _count(skipped, f"{path.name}: empty text", empty.sum())
@@ -671,19 +691,62 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode(path: Path, data: bytes) -> str:
+def _decode(path: Path, data: bytes, delimiter: str | None = None, names: list[str] | None = None) -> str:
+    """`data` as UTF-8 text; else an error naming the line, the byte and, in a delimited file, the column."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise InputError(f"{path}: UTF-16 text; save the file as UTF-8") from None
+        line_start = data.rfind(b"\n", 0, err.start) + 1
         line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - data.rfind(b"\n", 0, err.start)
-        raise InputError(f"{path}, line {line}, byte {column}: not UTF-8 text (0x{data[err.start]:02x})") from None
+        column = ""
+        if delimiter is not None:
+            if names is None:  # the header, readable enough to name the column
+                try:
+                    names, _ = _first_record(data[: 1 << 20].decode("utf-8", errors="replace"), delimiter)
+                except csv.Error:
+                    names = []
+            field = data.count(delimiter.encode(), line_start, err.start)  # quoted delimiters aside
+            column = f", column {names[field][:60]!r}" if field < len(names) else ""
+        byte = f"byte {err.start - line_start + 1}: not UTF-8 text (0x{data[err.start]:02x}{column})"
+        raise InputError(f"{path}, line {line}, {byte}; save the file as UTF-8") from None
 
 
-def _missing_column(where: str, column: str, holder: str, present, why: dict[str, str] | None) -> InputError:
+def _first_record(text: str, delimiter: str, quoted: bool = True) -> tuple[list[str], str]:
+    """The fields of the first record of a delimited text and its text, line end included. Records end at \\n, \\r
+    or \\r\\n, as pyarrow reads them, and a quoted field may hold a line break."""
+    lines = io.StringIO(text, newline="")
+    quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+    fields = next(csv.reader(lines, delimiter=delimiter, quoting=quoting), [])
+    return fields, text[: lines.tell()]
+
+
+def _show(names, limit: int = 20) -> str:
+    """Names from a file (header fields, JSON keys) for a one-line message: quoted where not plain, at most `limit`."""
+    names = list(names)
+    plain = [name.isprintable() and name.strip() == name != "" and len(name) <= 60 for name in names[:limit]]
+    shown = [name if is_plain else repr(name[:60]) for name, is_plain in zip(names, plain)]
+    return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _missing_column(
+    where: str, column: str, holder: str, present, why: dict[str, str] | None, hint: str = ""
+) -> InputError:
     """E.g. "items.csv, line 1, column 'brand': missing, named in text_template (the header has: item_id, title)"."""
     reason = f", {why[column]}" if why and column in why else ""
-    return InputError(f"{where}, column '{column}': missing{reason} ({holder}: {', '.join(present)})")
+    return InputError(f"{where}, column '{column}': missing{reason} ({holder}: {_show(present)}){hint}")
+
+
+def _wrong_delimiter(first_line: str, header: list[str], delimiter: str) -> str:
+    """A hint when a one-field header holds another delimiter, e.g. a .csv file written with ';'."""
+    found = [name for sep, name in DELIMITER_NAMES.items() if sep != delimiter and sep in first_line]
+    if len(header) != 1 or not found:
+        return ""
+    return (
+        f"; the line has no {DELIMITER_NAMES[delimiter]} but a {found[0]}: "
+        ".csv files must be comma-separated, .tsv files tab-separated"
+    )
 
 
 def _read_delimited(
@@ -696,30 +759,38 @@ def _read_delimited(
     typed_header: bool = False,
     why: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """A delimited text file (header line unless `names`); lines with the wrong number of fields are counted.
+    """A delimited text file (header line unless `names`); lines with the wrong number of fields are counted, and
+    a file where they are the majority can't be read.
 
     `typed_header` drops RecBole's type suffixes ("item_id:token" -> "item_id"); `quoted=False` reads '"' as text.
     """
     data = _read_bytes(path)
-    _decode(path, data)
+    _decode(path, data, delimiter, list(names) if names else None)
     body = pa.py_buffer(data)
     if names is None:
-        header_end = data.find(b"\n")
-        if header_end < 0:
-            header_end = len(data)
-        first_line = data[:header_end].decode("utf-8").rstrip("\r")
-        quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
-        header = next(csv.reader([first_line], delimiter=delimiter, quoting=quoting))
+        head = data[: 1 << 20]  # a header longer than that: read the whole file below
+        try:
+            header, first_line = _first_record(head.decode("utf-8", errors="ignore"), delimiter, quoted)
+            if len(head) < len(data) and len(first_line.encode("utf-8")) >= len(head) - 4:
+                header, first_line = _first_record(data.decode("utf-8"), delimiter, quoted)
+        except csv.Error as err:
+            raise InputError(f"{path}, line 1: not a readable header ({_one_line(err)})") from None
         header = [name.split(":")[0] if typed_header else name for name in header]
-        body = body[header_end + 1 :]  # zero-copy slice past the header line
+        body = body[len(first_line.encode("utf-8")) :]  # zero-copy slice past the header line
+        for column in columns:
+            if column not in header:
+                hint = _wrong_delimiter(first_line, header, delimiter)
+                raise _missing_column(f"{path}, line 1", column, "the header has", header, why, hint)
     else:
         header = list(names)
-    for column in columns:
-        if column not in header:
-            raise _missing_column(f"{path}, line 1", column, "the header has", header, why)
     if not re.compile(rb"\S").search(data, len(data) - len(body)):
         raise InputError(f"{path}: no usable rows (only a header line)")
-    malformed = []
+    malformed = []  # (fields, text) of the first few malformed rows
+
+    def on_invalid_row(row) -> str:
+        malformed.append((row.actual_columns, row.text) if len(malformed) < 10 else None)
+        return "skip"
+
     try:
         table = pa_csv.read_csv(
             body,
@@ -728,7 +799,7 @@ def _read_delimited(
                 delimiter=delimiter,
                 quote_char='"' if quoted else False,
                 newlines_in_values=quoted,
-                invalid_row_handler=lambda row: malformed.append(1) or "skip",
+                invalid_row_handler=on_invalid_row,
             ),
             convert_options=pa_csv.ConvertOptions(
                 column_types={column: pa.string() for column in columns},
@@ -741,47 +812,89 @@ def _read_delimited(
         raise InputError(
             f"{path}: not a readable {'CSV' if delimiter == ',' else 'TSV'} file ({_one_line(err)})"
         ) from None
+    if malformed:
+        rows = [(_line_of(data, row_text), fields) for fields, row_text in malformed[:10]]
+        line, fields = min(rows, key=lambda row: (row[0] == 0, row[0]))  # the first line found
+        where = f"{path}, line {line}" if line else str(path)
+        detail = f"{fields} field{'s' * (fields != 1)}, expected {len(header)}"
+        if len(malformed) > table.num_rows:
+            total = len(malformed) + table.num_rows
+            raise InputError(
+                f"{where}: {detail}; {len(malformed):,} of {total:,} rows are malformed, so the file can't be read"
+            )
+        logger.warning("%s: %d malformed lines skipped (the first: %s)", where, len(malformed), detail)
     _count(skipped, f"{path.name}: malformed lines (wrong number of fields, expected {len(header)})", len(malformed))
     if table.num_rows == 0:
-        detail = f" ({len(malformed)} malformed lines)" if malformed else ""
-        raise InputError(f"{path}: no usable rows{detail}")
+        raise InputError(f"{path}: no usable rows")
     return pd.DataFrame({column: table.column(column).to_pandas() for column in columns})
+
+
+def _line_of(data: bytes, row_text: str) -> int:
+    """The number of the first line of `data` that is `row_text` (0 where there is none)."""
+    found = re.search(rb"(?m)^" + re.escape(row_text.encode("utf-8")) + rb"\r?$", data)
+    return data.count(b"\n", 0, found.start()) + 1 if found else 0
+
+
+def _read_json_lines(path: Path, text: str, columns: list[str], skipped: dict[str, int]) -> tuple[dict, dict]:
+    """JSON Lines parsed line by line: the keys present and the `columns`' values as text; bad lines are counted."""
+    present, values, bad, first_bad = {}, {column: [] for column in columns}, 0, None
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not line.strip(" \t\r"):  # JSON whitespace
+            continue
+        try:
+            record, problem = json.loads(line), "not a JSON object"
+        except ValueError as err:
+            record, problem = None, f"not JSON ({err.args[0].split(':')[0]})"
+        if not isinstance(record, dict):
+            bad += 1
+            first_bad = first_bad or (number, problem)
+            continue
+        present.update(dict.fromkeys(record))
+        for column in columns:
+            values[column].append(_to_text(record.get(column)))
+    if bad:
+        where, detail = f"{path}, line {first_bad[0]}", first_bad[1]
+        good = len(values[columns[0]])
+        if bad > good:
+            raise InputError(
+                f"{where}: {detail}; {bad:,} of {bad + good:,} lines are not JSON objects, so the file can't be read "
+                "as JSON Lines"
+            )
+        logger.warning("%s: %d malformed lines skipped (the first: %s)", where, bad, detail)
+    _count(skipped, f"{path.name}: malformed lines (not a JSON object)", bad)
+    return present, {column: pd.Series(value, dtype="str") for column, value in values.items()}
 
 
 def _read_jsonl(
     path: Path, columns: list[str], skipped: dict[str, int], why: dict[str, str] | None = None
 ) -> pd.DataFrame:
-    """One JSON object per line. A bad line later in the file is counted; a bad first line: not JSON Lines."""
+    """One JSON object per line. A bad line later in the file is counted; a bad first line, or more bad lines than
+    good ones: not JSON Lines."""
     data = _read_bytes(path)
     text = _decode(path, data)
-    number, line = next((number, line) for number, line in enumerate(io.StringIO(text), 1) if line.strip())
+    found = re.search(rb"[^ \t\r\n]", data)  # the first character that isn't JSON whitespace
+    if found is None:
+        raise InputError(f"{path}: empty file")
+    number = data.count(b"\n", 0, found.start()) + 1
+    end = data.find(b"\n", found.start())
+    line = data[data.rfind(b"\n", 0, found.start()) + 1 : end if end >= 0 else len(data)]
     try:
         first = json.loads(line)
     except ValueError as err:
         raise InputError(f"{path}, line {number}: not JSON ({err.args[0].split(':')[0]}); is it JSON Lines?") from None
     if not isinstance(first, dict):
         raise InputError(f"{path}, line {number}: not a JSON object")
-    try:  # fast path: pyarrow parses well-formed files with consistent types
-        table = pa_json.read_json(pa.py_buffer(data))
+    table = None
+    if not _JSON_NULL_LINE.search(data):  # pyarrow would read a "null" line as a row
+        try:  # fast path: pyarrow parses well-formed files with consistent types
+            table = pa_json.read_json(pa.py_buffer(data))
+        except pa.ArrowInvalid:  # a bad line, mixed types or a lone surrogate: line by line below
+            pass
+    if table is not None:
         present = table.column_names
         values = {column: _arrow_to_text(table.column(column)) for column in columns if column in present}
-    except pa.ArrowInvalid:  # a bad line or mixed types: line by line
-        present, values, bad = {}, {column: [] for column in columns}, 0
-        for line in text.split("\n"):  # not splitlines(): JSON strings may hold U+2028 and the like
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict):
-                bad += 1
-                continue
-            present.update(dict.fromkeys(record))
-            for column in columns:
-                values[column].append(_to_text(record.get(column)))
-        _count(skipped, f"{path.name}: malformed lines (not a JSON object)", bad)
-        values = {column: pd.Series(value, dtype="str") for column, value in values.items()}
+    else:
+        present, values = _read_json_lines(path, text, columns, skipped)
     for column in columns:
         if column not in present:
             raise _missing_column(str(path), column, "the records have", present, why)
@@ -827,12 +940,16 @@ def _to_text(value) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes):  # a Parquet binary column
+        return value.decode("utf-8", errors="replace")
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
     if isinstance(value, (list, tuple)):
         return ", ".join(text for text in map(_to_text, value) if text)
     if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):  # a JSON escape like "\ud800" gives a lone surrogate, which isn't text
+        return _SURROGATES.sub("\ufffd", value)
     return str(value)
 
 
