@@ -691,7 +691,9 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode(path: Path, data: bytes, delimiter: str | None = None, names: list[str] | None = None) -> str:
+def _decode(
+    path: Path, data: bytes, delimiter: str | None = None, names: list[str] | None = None, quoted: bool = True
+) -> str:
     """`data` as UTF-8 text; else an error naming the line, the byte and, in a delimited file, the column."""
     try:
         return data.decode("utf-8")
@@ -704,10 +706,15 @@ def _decode(path: Path, data: bytes, delimiter: str | None = None, names: list[s
         if delimiter is not None:
             if names is None:  # the header, readable enough to name the column
                 try:
-                    names, _ = _first_record(data[: 1 << 20].decode("utf-8", errors="replace"), delimiter)
+                    names, _ = _first_record(data[: 1 << 20].decode("utf-8", errors="replace"), delimiter, quoted)
                 except csv.Error:
                     names = []
-            field = data.count(delimiter.encode(), line_start, err.start)  # quoted delimiters aside
+            before = data[line_start : err.start].decode("utf-8", errors="replace")  # the line up to the bad byte
+            quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+            try:  # the bad byte is in the line's last field so far
+                field = len(next(csv.reader([before], delimiter=delimiter, quoting=quoting))) - 1 if before else 0
+            except csv.Error:
+                field = len(names)
             column = f", column {names[field][:60]!r}" if field < len(names) else ""
         byte = f"byte {err.start - line_start + 1}: not UTF-8 text (0x{data[err.start]:02x}{column})"
         raise InputError(f"{path}, line {line}, {byte}; save the file as UTF-8") from None
@@ -765,7 +772,7 @@ def _read_delimited(
     `typed_header` drops RecBole's type suffixes ("item_id:token" -> "item_id"); `quoted=False` reads '"' as text.
     """
     data = _read_bytes(path)
-    _decode(path, data, delimiter, list(names) if names else None)
+    _decode(path, data, delimiter, list(names) if names else None, quoted)
     body = pa.py_buffer(data)
     if names is None:
         head = data[: 1 << 20]  # a header longer than that: read the whole file below
@@ -822,7 +829,7 @@ def _read_delimited(
             raise InputError(
                 f"{where}: {detail}; {len(malformed):,} of {total:,} rows are malformed, so the file can't be read"
             )
-        logger.warning("%s: %d malformed lines skipped (the first: %s)", where, len(malformed), detail)
+        logger.warning("%s: %s; skipped (malformed lines in all: %d)", where, detail, len(malformed))
     _count(skipped, f"{path.name}: malformed lines (wrong number of fields, expected {len(header)})", len(malformed))
     if table.num_rows == 0:
         raise InputError(f"{path}: no usable rows")
@@ -860,7 +867,7 @@ def _read_json_lines(path: Path, text: str, columns: list[str], skipped: dict[st
                 f"{where}: {detail}; {bad:,} of {bad + good:,} lines are not JSON objects, so the file can't be read "
                 "as JSON Lines"
             )
-        logger.warning("%s: %d malformed lines skipped (the first: %s)", where, bad, detail)
+        logger.warning("%s: %s; skipped (malformed lines in all: %d)", where, detail, bad)
     _count(skipped, f"{path.name}: malformed lines (not a JSON object)", bad)
     return present, {column: pd.Series(value, dtype="str") for column, value in values.items()}
 
