@@ -712,7 +712,7 @@ def _decode(
             before = data[line_start : err.start].decode("utf-8", errors="replace")  # the line up to the bad byte
             quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
             try:  # the bad byte is in the line's last field so far
-                field = len(next(csv.reader([before], delimiter=delimiter, quoting=quoting))) - 1 if before else 0
+                field = max(len(next(csv.reader([before], delimiter=delimiter, quoting=quoting), [])) - 1, 0)
             except csv.Error:
                 field = len(names)
             column = f", column {names[field][:60]!r}" if field < len(names) else ""
@@ -954,7 +954,7 @@ def _to_text(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(text for text in map(_to_text, value) if text)
     if isinstance(value, dict):
-        value = json.dumps(value, ensure_ascii=False)
+        value = json.dumps(value, ensure_ascii=False, default=str)  # default: a Parquet struct's dates
     if isinstance(value, str):  # a JSON escape like "\ud800" gives a lone surrogate, which isn't text
         return _SURROGATES.sub("\ufffd", value)
     return str(value)

@@ -93,18 +93,21 @@ def _text(value) -> str:
 def _write_delimited(draw, names: list[str], rows: list[dict], delimiter: str) -> tuple[bytes, int | None]:
     written_with = draw(mostly(st.just(delimiter), st.sampled_from([";", "|", "\t" if delimiter == "," else ","])))
     out = io.StringIO()
+    line_end = draw(st.sampled_from(["\n", "\r\n"]))
     writer = csv.writer(
         out,
         delimiter=written_with,
         quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])),
-        lineterminator=draw(st.sampled_from(["\n", "\r\n"])),
+        lineterminator=line_end,
     )
     header = draw(mostly(st.just(True), st.just(False), odds=19))
     if header:
         writer.writerow(names)
     writer.writerows([[_text(row[name]) for name in names] for row in rows])
     encoding = draw(mostly(st.just("utf-8"), st.sampled_from(["utf-8-sig", "latin-1", "utf-16", "cp1252"])))
-    exact = header and written_with == delimiter and encoding.startswith("utf-8")
+    # csv.writer leaves a \r unquoted when lines end with \n; readers (pyarrow, pandas) end the line there
+    bare_cr = line_end == "\n" and "\r" in out.getvalue()
+    exact = header and written_with == delimiter and encoding.startswith("utf-8") and not bare_cr
     return out.getvalue().encode(encoding, errors="replace"), len(rows) if exact else None
 
 
@@ -129,6 +132,9 @@ ARROW_TYPES = {
     "timestamp": pa.timestamp("ms"),
     "list": pa.list_(pa.string()),
     "null": pa.null(),
+    "date": pa.date32(),
+    "duration": pa.duration("s"),
+    "struct": pa.struct([("text", pa.string()), ("when", pa.timestamp("s"))]),
 }
 
 
@@ -142,6 +148,8 @@ def _convert(value, kind: str):
         return _text(value).encode("utf-8", errors="replace")
     if kind == "list":
         return [_text(value), "x"]
+    if kind == "struct":
+        return {"text": _text(value), "when": _convert(value, "timestamp")}
     if kind == "bool":
         return bool(value)
     number = value if isinstance(value, (int, float)) else None
@@ -154,7 +162,7 @@ def _convert(value, kind: str):
         return float(number)
     if isinstance(number, float) and not math.isfinite(number):
         return None
-    limit = {"int64": 2**63, "int8": 2**7, "timestamp": 2**40}[kind]
+    limit = {"int64": 2**63, "int8": 2**7, "timestamp": 2**33, "date": 2**20, "duration": 2**40}[kind]
     return int(number) if -limit < number < limit else None
 
 
