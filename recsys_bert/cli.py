@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 
-from recsys_bert.errors import InputError
+from recsys_bert.errors import InputError, Interrupted
 
 
 def run_main(main: Callable[[], object]) -> None:
@@ -15,6 +16,9 @@ def run_main(main: Callable[[], object]) -> None:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -27,3 +31,4 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per file of every checkpoint otherwise

@@ -6,8 +6,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from transformers import AutoTokenizer, get_scheduler
 from recsys_bert.catalogue import Catalogue
 from recsys_bert.config import DataArguments, ModelArguments, TrainingArguments, settings_dict
 from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
-from recsys_bert.errors import InputError
+from recsys_bert.errors import InputError, Interrupted
 from recsys_bert.evaluation import (
     EvalCollator,
     eval_loader,
@@ -97,6 +100,38 @@ class TrainCollator:
                 recent, self.config.max_user_tokens
             )
         return batch
+
+
+class StopRequest:
+    """SIGTERM or Ctrl-C while training: the step finishes, a checkpoint is saved, the run stops (`Interrupted`).
+
+    A second Ctrl-C stops at once. Every process stops at the same step when any of them got the signal.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        flag = torch.tensor(float(self.signum is not None), device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -256,7 +291,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         if checkpoint is None:
             logger.info("No complete checkpoint in %s: starting from scratch", output_dir)
         else:
-            accelerator.load_state(str(checkpoint))
+            try:  # torch.load with weights_only=True: a file holding anything but tensors is refused, never run
+                accelerator.load_state(str(checkpoint))
+            except (pickle.UnpicklingError, RuntimeError, OSError) as err:
+                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise InputError(f"{checkpoint}: can't resume from it ({message})") from None
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             if accelerator.is_main_process and (checkpoint / "best_model").exists():
                 shutil.rmtree(best_dir, ignore_errors=True)
@@ -273,69 +312,80 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     stop = state["global_step"] >= max_steps
     window_loss, window_batches, window_samples = torch.zeros((), device=accelerator.device), 0, 0
     window_start = time.perf_counter()
-    for epoch in range(state["global_step"] // steps_per_epoch, num_epochs):
-        if stop:
-            break
-        model.train()
-        train_loader.set_epoch(epoch)
-        skip = (state["global_step"] - epoch * steps_per_epoch) * args.gradient_accumulation_steps
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip > 0 else train_loader
-        for micro_step, batch in enumerate(loader, start=skip):
-            # dropout masks depend only on (seed, process, epoch, micro-step): a resumed run draws the same ones
-            torch.manual_seed(hash((args.seed, accelerator.process_index, epoch, micro_step)) % 2**63)
-            with accelerator.accumulate(model):
-                positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
-                output = model(**batch)
-                vectors = (output.user_vectors, output.positive_vectors, positive_ids, output.negative_vectors)
-                if data.is_impressions:
-                    loss = per_sample_negatives_loss(*vectors, negative_ids, config.temperature)
-                else:
-                    loss = shared_negatives_loss(
-                        *vectors,
-                        negative_ids,
-                        config.temperature,
-                        in_batch=args.in_batch_negatives,
-                        item_log_frequency=item_log_frequency,
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            window_loss += loss.detach()
-            window_batches += 1
-            window_samples += len(positive_ids)
-            if not accelerator.sync_gradients:
-                continue
-            state["global_step"] += 1
-            step = state["global_step"]
-            progress.update(1)
-            if step % args.logging_steps == 0 or step == max_steps:
-                elapsed = time.perf_counter() - window_start
-                logs = {
-                    "train/loss": accelerator.reduce(window_loss, reduction="mean").item() / window_batches,
-                    "train/learning_rate": scheduler.get_last_lr()[0],
-                    "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
-                    "train/epoch": step / steps_per_epoch,
-                }
-                accelerator.log(logs, step=step)
-                progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
-                window_loss.zero_()
-                window_batches, window_samples, window_start = 0, 0, time.perf_counter()
-            if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps:
-                if _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step):
-                    if accelerator.is_main_process:
-                        save_model(accelerator.unwrap_model(model), tokenizer, best_dir)
-                    accelerator.wait_for_everyone()
-                if args.early_stopping_patience and state["evals_without_improvement"] >= args.early_stopping_patience:
-                    logger.info("Early stopping at step %d (best at step %s)", step, state["best_step"])
-                    stop = True
-            if args.save_steps > 0 and step % args.save_steps == 0:
-                _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
-            if step >= max_steps or stop:
-                stop = True
+    with StopRequest() as stop_request:
+        for epoch in range(state["global_step"] // steps_per_epoch, num_epochs):
+            if stop:
                 break
+            model.train()
+            train_loader.set_epoch(epoch)
+            skip = (state["global_step"] - epoch * steps_per_epoch) * args.gradient_accumulation_steps
+            loader = accelerator.skip_first_batches(train_loader, skip) if skip > 0 else train_loader
+            for micro_step, batch in enumerate(loader, start=skip):
+                # dropout masks depend only on (seed, process, epoch, micro-step): a resumed run draws the same ones
+                torch.manual_seed(hash((args.seed, accelerator.process_index, epoch, micro_step)) % 2**63)
+                with accelerator.accumulate(model):
+                    positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
+                    output = model(**batch)
+                    vectors = (output.user_vectors, output.positive_vectors, positive_ids, output.negative_vectors)
+                    if data.is_impressions:
+                        loss = per_sample_negatives_loss(*vectors, negative_ids, config.temperature)
+                    else:
+                        loss = shared_negatives_loss(
+                            *vectors,
+                            negative_ids,
+                            config.temperature,
+                            in_batch=args.in_batch_negatives,
+                            item_log_frequency=item_log_frequency,
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                window_loss += loss.detach()
+                window_batches += 1
+                window_samples += len(positive_ids)
+                if not accelerator.sync_gradients:
+                    continue
+                state["global_step"] += 1
+                step = state["global_step"]
+                progress.update(1)
+                if stop_request.requested(accelerator):
+                    _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
+                    progress.close()
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(stop_request.signum or signal.SIGTERM).name} at step {step}: "
+                        f"checkpoint saved in {output_dir / f'{CHECKPOINT_PREFIX}{step}'}; continue with "
+                        "--resume_from_checkpoint latest",
+                        128 + (stop_request.signum or signal.SIGTERM),
+                    )
+                if step % args.logging_steps == 0 or step == max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    logs = {
+                        "train/loss": accelerator.reduce(window_loss, reduction="mean").item() / window_batches,
+                        "train/learning_rate": scheduler.get_last_lr()[0],
+                        "train/samples_per_second": window_samples * accelerator.num_processes / max(elapsed, 1e-9),
+                        "train/epoch": step / steps_per_epoch,
+                    }
+                    accelerator.log(logs, step=step)
+                    progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                    window_loss.zero_()
+                    window_batches, window_samples, window_start = 0, 0, time.perf_counter()
+                if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps:
+                    if _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step):
+                        if accelerator.is_main_process:
+                            save_model(accelerator.unwrap_model(model), tokenizer, best_dir)
+                        accelerator.wait_for_everyone()
+                    patience = args.early_stopping_patience
+                    if patience and state["evals_without_improvement"] >= patience:
+                        logger.info("Early stopping at step %d (best at step %s)", step, state["best_step"])
+                        stop = True
+                if args.save_steps > 0 and step % args.save_steps == 0:
+                    _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
+                if step >= max_steps or stop:
+                    stop = True
+                    break
     progress.close()
 
     # ---- the best model on test; everything written atomically ----
