@@ -33,10 +33,7 @@ TITLES = ("Alpha", "Beta", "γάμμα", "a, b", 'say "hi"', "two\nlines")
 TIMES = ("2020-01-01", "2020-01-01T10:00:00+05:00", "01/02/2020 10:00:00 PM", "soon", "NaN", "-inf", "1e400", " ")
 JUNK_LINES = ("[1, 2]", "3", '"text"', "null", "{", '{"title": "\\ud800"}', "{'a': 1}", "", " ", '{"a": NaN}')
 GARBAGE = (b"\x00", b"\xff\xfe", b'"', b"\n", b"\r", b"{", b",", b"\t", b";", b"\xe9", b'\\ud800"', b"\xef\xbb\xbf")
-# no example database: it would be a .hypothesis folder in the repository
-SETTINGS = settings(
-    deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 numbers = st.one_of(st.integers(-(2**70), 2**70), st.integers(-5, 10**10), st.floats())
 texts = st.text(max_size=12) | st.text(st.characters(codec="utf-8"), max_size=12)
