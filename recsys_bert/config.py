@@ -323,6 +323,9 @@ def load_yaml_settings(path: str | Path, types: tuple = ALL_ARGUMENTS) -> dict:
                 pass
         if not _type_ok(value, fields[key]):
             raise InputError(f"{where}: {value!r} is not of type {_type_name(fields[key])}")
+        choices = fields[key].metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise InputError(f"{where}: {value!r} is not one of {', '.join(choices)}")
     return settings
 
 

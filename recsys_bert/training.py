@@ -211,6 +211,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if accelerator.is_main_process:
         logger.info("Skipped while loading %s: %s", data.name, format_skipped(data.skipped).replace("\n", "; "))
     _check_metric_name(args, data)
+    if len(data.train) == 0:
+        raise InputError(f"{data.name}: no training rows (see what was skipped above); nothing to train on")
     catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
 
     config = RecsysBertConfig(**vars(model_args))

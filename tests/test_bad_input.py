@@ -343,7 +343,6 @@ def test_config_wrong_types(tmp_path, text, message):
     assert str(error.value).startswith(f"{config}, {message}")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py doesn't check a YAML value against the field's choices")
 def test_config_value_outside_the_choices(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("pooling: max\n")
