@@ -32,3 +32,9 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per file of every checkpoint otherwise
+
+
+def configure_logging(accelerator) -> None:
+    """INFO lines from the main process only; the other processes report warnings and errors."""
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=level)

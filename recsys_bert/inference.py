@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from recsys_bert.catalogue import Catalogue
+from recsys_bert.cli import configure_logging
 from recsys_bert.config import DataArguments, RecommendArguments
 from recsys_bert.data import format_skipped, load_data, load_items, tokenize_items
 from recsys_bert.errors import InputError
@@ -334,7 +335,7 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     if args.pseudonymize_user_ids and not salt:
         raise InputError(f"--pseudonymize_user_ids needs a secret salt in the environment variable {SALT_VARIABLE}")
     accelerator = Accelerator(cpu=not has_accelerator(), mixed_precision=args.mixed_precision)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    configure_logging(accelerator)
     model, tokenizer = load_model(args.model)
     model.to(accelerator.device)
     config = model.config

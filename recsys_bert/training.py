@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
 
 from recsys_bert.catalogue import Catalogue
+from recsys_bert.cli import configure_logging
 from recsys_bert.config import DataArguments, ModelArguments, TrainingArguments, settings_dict
 from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
 from recsys_bert.errors import InputError, Interrupted
@@ -195,7 +196,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    configure_logging(accelerator)
     set_seed(args.seed)
 
     # ---- data: loaded and tokenized once, by the main process first (the others read its cache) ----
@@ -269,6 +270,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         * args.gradient_accumulation_steps,
         "max_steps": max_steps,
         "processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,
         "setup_seconds": round(time.perf_counter() - start, 1),
     }
     if accelerator.is_main_process:

@@ -1,5 +1,5 @@
-"""Two processes (gloo, real `torchrun`) against one: the same model with the same global batch, in-batch negatives
-gathered across processes, and evaluation that counts every user exactly once."""
+"""Two processes (gloo, `accelerate launch` with the shipped DDP config) against one: the same model with the same
+global batch, in-batch negatives gathered across processes, and evaluation that counts every user exactly once."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +30,10 @@ def test_two_processes_train_the_model_one_process_trains(generic_files, tmp_pat
     reset_accelerate_state()
     one = train(*parse_args(tiny_train_args(generic_files, tiny, tmp_path / "one", *RUN)))
     argv = tiny_train_args(generic_files, tiny, tmp_path / "two", *RUN, "--per_device_train_batch_size", "16")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    launch = [accelerate, "launch", "--config_file", "configs/accelerate/ddp.yaml"]
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *argv],
+        [*launch, "--num_processes", "2", "--mixed_precision", "no", "train.py", *argv],
         cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -53,3 +56,13 @@ def test_two_processes_train_the_model_one_process_trains(generic_files, tmp_pat
     assert (weights_one[f"encoder.{key}"] - pretrained[key]).abs().max() > 5e-5  # 4 Adam steps of lr 5e-5
     assert two["test"] == pytest.approx(one["test"], abs=1e-4)
     assert two["valid"] == pytest.approx(one["valid"], abs=1e-4)
+
+
+def test_the_shipped_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {
+        path.stem: load_config_from_file(str(path)).distributed_type.value
+        for path in sorted((REPO_ROOT / "configs" / "accelerate").glob("*.yaml"))
+    }
+    assert kinds == {"one_gpu": "NO", "ddp": "MULTI_GPU", "multi_node": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED"}
