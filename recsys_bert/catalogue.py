@@ -3,7 +3,12 @@ features of any set of items a batch needs."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -22,11 +27,38 @@ class Catalogue:
     def __init__(self, input_ids: list[list[int]], pad_token_id: int):
         self.lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)  # (items,)
         width = int(self.lengths.max()) if len(input_ids) else 1
-        self.input_ids = np.full((len(input_ids), width), pad_token_id, dtype=np.int64)  # (items, tokens)
+        self.input_ids = np.full((len(input_ids), width), pad_token_id, dtype=np.int32)  # (items, tokens)
         if len(input_ids):
             self.input_ids[np.arange(width)[None, :] < self.lengths[:, None]] = np.concatenate(input_ids)
         self.pad_token_id = pad_token_id
         self.frozen_states: torch.Tensor | None = None  # (items, hidden) or (items, tokens, hidden), on the CPU
+
+    @classmethod
+    def from_items(cls, items: datasets.Dataset, pad_token_id: int) -> Catalogue:
+        """The catalogue of a tokenized item table (`tokenize_items`). For a table on disk, its tokens are padded
+        chunk by chunk into a memory-mapped file beside the table's cache files, so they are never all in RAM."""
+        column = items.data.column("input_ids")
+        if not items.cache_files or items._indices is not None:
+            return cls(column.to_pylist(), pad_token_id)
+        lengths = pc.list_value_length(column).to_numpy().astype(np.int64)  # (items,)
+        width = max(int(lengths.max()) if len(lengths) else 1, 1)
+        folder = Path(items.cache_files[0]["filename"]).parent
+        path = folder / f"padded-input-ids-{items._fingerprint}-{pad_token_id}.npy"
+        if not path.is_file():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            padded = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(len(items), width))
+            row = 0
+            for chunk in column.chunks:  # (chunk items, width) at a time
+                block = np.full((len(chunk), width), pad_token_id, dtype=np.int32)
+                block[np.arange(width)[None, :] < lengths[row : row + len(chunk), None]] = chunk.flatten().to_numpy()
+                padded[row : row + len(chunk)] = block
+                row += len(chunk)
+            padded.flush()
+            del padded
+            os.replace(tmp, path)  # processes building it at once write the same bytes
+        catalogue = cls([], pad_token_id)
+        catalogue.lengths, catalogue.input_ids = lengths, np.load(path, mmap_mode="r")  # (items,), (items, tokens)
+        return catalogue
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -34,7 +66,7 @@ class Catalogue:
     def tokens(self, item_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """`input_ids` and `attention_mask` `(len(item_ids), tokens)`, cut to the longest of these items."""
         width = int(self.lengths[item_ids].max()) if len(item_ids) else 1
-        input_ids = torch.from_numpy(self.input_ids[item_ids, :width])  # (n, width)
+        input_ids = torch.from_numpy(self.input_ids[item_ids, :width]).long()  # (n, width)
         attention_mask = (torch.arange(width)[None, :] < torch.from_numpy(self.lengths[item_ids])[:, None]).long()
         return input_ids, attention_mask
 

@@ -69,7 +69,8 @@ def fingerprint(model: RecsysBertModel, catalogue: Catalogue, precision: str) ->
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     digest.update(catalogue.lengths.tobytes())
-    digest.update(catalogue.input_ids.tobytes())
+    for start in range(0, len(catalogue), 1 << 20):  # a block at a time: the tokens may be a memory-mapped file
+        digest.update(np.ascontiguousarray(catalogue.input_ids[start : start + (1 << 20)]).tobytes())
     digest.update(precision.encode())
     return digest.hexdigest()[:32]
 
@@ -357,7 +358,7 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
             raise InputError("no catalogue: give --config, --data_dir, --items (with --interactions for a split)")
         items = tokenize_items(items, tokenizer, config.max_item_tokens)
     item_ids = np.asarray(items["item_id"], dtype=object)
-    catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
+    catalogue = Catalogue.from_items(items, tokenizer.pad_token_id)
     if args.users:
         # a history entry is a catalogue item by its id or by its exact text; ids win
         known = {text: i for i, text in enumerate(items["text"])} | {item: i for i, item in enumerate(item_ids)}

@@ -214,7 +214,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     _check_metric_name(args, data)
     if len(data.train) == 0:
         raise InputError(f"{data.name}: no training rows (see what was skipped above); nothing to train on")
-    catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
+    catalogue = Catalogue.from_items(items, tokenizer.pad_token_id)
 
     config = RecsysBertConfig(**vars(model_args))
     model = RecsysBertModel.from_encoder(config).to(accelerator.device)

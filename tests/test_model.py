@@ -97,3 +97,30 @@ def test_other_bert_layout_encoders_work_and_others_get_a_clear_error(tmp_path):
     DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(tmp_path / "d")
     with pytest.raises(InputError, match="DistilBertModel: not a BERT-layout encoder"):
         RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path / "d")))
+
+
+def test_catalogue_of_a_table_on_disk_is_memory_mapped_and_equal_to_one_in_memory():
+    import numpy as np
+
+    from recsys_bert.catalogue import Catalogue
+    from recsys_bert.config import DataArguments
+    from recsys_bert.data import load_data, tokenize_items
+    from tests.conftest import REPO_ROOT
+
+    data_args = DataArguments(data_format="movielens", data_dir=str(REPO_ROOT / "data" / "ml-latest-small"))
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    items = tokenize_items(load_data(data_args, max_history=20).items, tokenizer, 24)
+    assert len(items.data.column("input_ids").chunks) > 1  # so the padding runs chunk by chunk
+    mapped = Catalogue.from_items(items, tokenizer.pad_token_id)
+    in_memory = Catalogue(items["input_ids"], tokenizer.pad_token_id)
+    assert isinstance(mapped.input_ids, np.memmap) and not isinstance(in_memory.input_ids, np.memmap)
+    np.testing.assert_array_equal(mapped.input_ids, in_memory.input_ids)
+    np.testing.assert_array_equal(mapped.lengths, in_memory.lengths)
+    some = np.array([5, 0, 9000, 17])
+    for got, expected in zip(mapped.tokens(some), in_memory.tokens(some)):
+        assert torch.equal(got, expected) and got.dtype == torch.long
+    histories = [some, some[:1]]
+    for got, expected in zip(mapped.history_text_tokens(histories, 40), in_memory.history_text_tokens(histories, 40)):
+        assert torch.equal(got, expected)
+    again = Catalogue.from_items(items, tokenizer.pad_token_id)  # the second time: the file, not a new padding
+    assert again.input_ids.filename == mapped.input_ids.filename
