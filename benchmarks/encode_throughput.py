@@ -13,7 +13,7 @@ Repeats rotate the order of the three so that background load hits each alike; f
 checked against each other (max abs difference). Then the price of int8 in quality: test NDCG@10 of the trained model
 in `runs/movielens` with its item and user vectors in fp32 vs int8, by the project's evaluation code.
 
-    python benchmarks/encode_throughput.py           # 2,000 texts, 3 repeats, then NDCG@10 (about 5 min, 2 cores)
+    python benchmarks/encode_throughput.py           # 2,000 texts, 3 repeats, then NDCG@10 (6-7 min, 2 cores)
     python benchmarks/encode_throughput.py --quick   # 300 texts, 2 repeats, no NDCG
 
 The last line of stdout is one JSON object; `ratio_vs_sentence_transformers` is project items/s / ST items/s.
@@ -37,6 +37,7 @@ for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
@@ -124,6 +125,12 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
                      return_token_type_ids=False)["input_ids"]  # fmt: skip
 
 
+def padded_tokens(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> int:
+    """Tokens an encoder runs over texts of these lengths taken in `order`, each batch padded to its longest."""
+    return int(sum(lengths[order[i : i + batch_size]].max() * len(order[i : i + batch_size])
+                   for i in range(0, len(order), batch_size)))  # fmt: skip
+
+
 def main() -> None:
     args = parse()
     hf_logging.set_verbosity_error()
@@ -184,13 +191,21 @@ def main() -> None:
     diff_st = (project_vectors - vectors["sentence_transformers"].cpu()).abs().max().item()
     diff_int8 = (project_vectors - vectors["int8"]).abs().max().item()
     cosine_int8 = (project_vectors * vectors["int8"]).sum(-1)  # (items,) both unit vectors
-    tokens = sum(len(ids) for ids in tokenize(tokenizer, texts, args.max_item_tokens))
+    lengths = np.array([len(ids) for ids in tokenize(tokenizer, texts, args.max_item_tokens)])  # (texts,)
+    padded = {  # tokens the encoder runs: each batch padded to its longest text
+        "project": padded_tokens(lengths, np.argsort(-lengths, kind="stable"), args.batch_size),  # by token count
+        "sentence_transformers": padded_tokens(lengths, np.argsort([-len(t) for t in texts]), args.batch_size),
+    }  # sentence-transformers sorts by character count
     print()
     print("| encoder | items/s | ratio to sentence-transformers | max abs diff to project fp32 |")
     print("|---|---|---|---|")
     for method, diff in (("project", 0.0), ("sentence_transformers", diff_st), ("int8", diff_int8)):
         relative = items_per_s[method] / items_per_s["sentence_transformers"]
         print(f"| {method} | {items_per_s[method]:.1f} | {relative:.2f} | {diff:.2e} |")
+    print(
+        f"tokens run (padding included): project {padded['project']:,}, sentence-transformers "
+        f"{padded['sentence_transformers']:,} (it sorts texts by characters, not tokens); {lengths.sum():,} real"
+    )
     print(
         f"project fp32 vs sentence-transformers: max abs diff {diff_st:.2e} (the same vectors); int8 vs fp32: max "
         f"abs diff {diff_int8:.3f}, cosine min {cosine_int8.min().item():.4f} mean {cosine_int8.mean().item():.4f}"
@@ -209,7 +224,8 @@ def main() -> None:
         },
         "config": {
             "items": len(texts),
-            "tokens": tokens,
+            "tokens": int(lengths.sum()),
+            "padded_tokens": padded,
             "batch_size": args.batch_size,
             "max_item_tokens": args.max_item_tokens,
             "repeats": args.repeats,
