@@ -9,6 +9,7 @@ negative.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,9 @@ def _gather(tensor: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, int]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor, 0
     if with_grad:
-        parts = all_gather_with_grad(tensor.contiguous())
+        with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+            warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated")
+            parts = all_gather_with_grad(tensor.contiguous())
     else:
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
