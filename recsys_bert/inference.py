@@ -137,7 +137,7 @@ def top_k(
         (with logit -inf).
     """
     num_users, num_items = users.shape[0], items.shape[0]
-    k = min(k, num_items)
+    k = max(1, min(k, num_items))
     best_logits = users.new_full((num_users, 0), -torch.inf)  # (users, <= k)
     best_index = torch.zeros((num_users, 0), dtype=torch.long, device=users.device)
     log_normalizer = users.new_full((num_users,), -torch.inf, dtype=torch.float64)  # (users,), summed over chunks
@@ -145,11 +145,14 @@ def top_k(
         logits = score(users, items[start : start + item_chunk_size]).float()  # (users, chunk)
         if exclude is not None:
             logits[_in_chunk(exclude, start, logits.shape[1])] = -torch.inf
-        log_normalizer = torch.logaddexp(log_normalizer, logits.logsumexp(dim=1).double())
         if ties_against is not None:  # one step down to the next float: after its equals, before anything lower
             rows, columns = _in_chunk(ties_against[:, None], start, logits.shape[1])
             logits[rows, columns] = torch.nextafter(logits[rows, columns], logits.new_tensor(-torch.inf))
         chunk_logits, chunk_index = logits.topk(min(k, logits.shape[1]), dim=1)  # (users, <= k)
+        # the chunk's log-sum-exp from topk's row maximum, in place: the logits are not needed any more
+        row_max = chunk_logits[:, :1].clamp(min=torch.finfo(logits.dtype).min)  # (users, 1)
+        chunk_log_normalizer = row_max[:, 0].double() + logits.sub_(row_max).exp_().sum(dim=1).double().log()
+        log_normalizer = torch.logaddexp(log_normalizer, chunk_log_normalizer)
         merged_logits = torch.cat([best_logits, chunk_logits], dim=1)  # (users, <= 2k)
         merged_index = torch.cat([best_index, chunk_index + start], dim=1)
         best_logits, order = merged_logits.topk(min(k, merged_logits.shape[1]), dim=1)  # (users, <= k)
@@ -328,6 +331,8 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
 
     start = time.perf_counter()
     output = Path(args.output)
+    if args.top_k < 1:
+        raise InputError(f"--top_k {args.top_k}: must be at least 1")
     if output.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise InputError(f"{output}: unknown output type '{output.suffix}' (use {', '.join(OUTPUT_EXTENSIONS)})")
     if not output.parent.is_dir():

@@ -277,7 +277,7 @@ class RecsysBertModel(PreTrainedModel):
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Logits `(users, items)`: dot(user, item) / temperature; their softmax is the click probability."""
-        return user_vectors @ item_vectors.T / self.config.temperature
+        return (user_vectors / self.config.temperature) @ item_vectors.T  # users are fewer: divide them, once
 
     def forward(
         self,
