@@ -114,7 +114,7 @@ def main() -> None:
     users = unit_vectors(args.users, args.dim, generator)  # (users, dim)
 
     def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:  # RecsysBertModel.score
-        return u @ i.T / args.temperature  # (users, chunk)
+        return (u / args.temperature) @ i.T  # (users, chunk)
 
     def chunked(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [top_k(users[s : s + args.user_batch_size], items, args.k, score, None, args.item_chunk_size)
