@@ -39,6 +39,9 @@ def _without_pooler(load, source) -> PreTrainedModel:
         return load(source)
 
 
+STEP_SUB_BATCH = 256  # items per length-sorted sub-batch of a training step's trained encoder layers
+
+
 class RecsysBertConfig(PretrainedConfig):
     """Configuration of [`RecsysBertModel`]; the fields are those of `recsys_bert.config.ModelArguments`.
 
@@ -275,6 +278,27 @@ class RecsysBertModel(PreTrainedModel):
         hidden = self.user_encoder(hidden, src_key_padding_mask=~mask)  # (batch, 1 + length, dim)
         return F.normalize(self.user_pooling(hidden, mask), dim=-1)  # (batch, dim)
 
+    def _encode_step_items(
+        self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None, frozen_states: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`encode_items` over a step's unique items in length-sorted sub-batches, each cut to its own longest item:
+        the trained layers don't run on the padding that the step's longest item would give every other one."""
+        if self.config.finetune_layers == 0 or attention_mask.shape[0] <= STEP_SUB_BATCH:
+            return self.encode_items(attention_mask, input_ids=input_ids, frozen_states=frozen_states)
+        lengths = attention_mask.sum(dim=1)  # (items,)
+        order = lengths.argsort(descending=True, stable=True)
+        parts = []
+        for rows in order.split(STEP_SUB_BATCH):
+            width = int(lengths[rows[0]])
+            parts.append(
+                self.encode_items(
+                    attention_mask[rows, :width],
+                    input_ids=None if input_ids is None else input_ids[rows, :width],
+                    frozen_states=None if frozen_states is None else frozen_states[rows, :width],
+                )
+            )  # (sub-batch, dim)
+        return torch.cat(parts)[order.argsort()]  # (items, dim), back in the step's order
+
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Logits `(users, items)`: dot(user, item) / temperature; their softmax is the click probability."""
         return (user_vectors / self.config.temperature) @ item_vectors.T  # users are fewer: divide them, once
@@ -302,9 +326,7 @@ class RecsysBertModel(PreTrainedModel):
             negative_index (`(negatives,)` or `(batch, negatives)`): the negatives among the unique items.
             user_input_ids, user_attention_mask (`(batch, tokens)`): the history texts ('text' user tower).
         """
-        item_vectors = self.encode_items(
-            item_attention_mask, input_ids=item_input_ids, frozen_states=item_frozen_states
-        )
+        item_vectors = self._encode_step_items(item_attention_mask, item_input_ids, item_frozen_states)
         if self.config.user_tower == "text":
             user_vectors = self.encode_users(input_ids=user_input_ids, attention_mask=user_attention_mask)
         else:

@@ -124,3 +124,17 @@ def test_catalogue_of_a_table_on_disk_is_memory_mapped_and_equal_to_one_in_memor
         assert torch.equal(got, expected)
     again = Catalogue.from_items(items, tokenizer.pad_token_id)  # the second time: the file, not a new padding
     assert again.input_ids.filename == mapped.input_ids.filename
+
+
+@pytest.mark.parametrize("finetune_layers", [1, -1])
+def test_a_steps_items_in_length_sorted_sub_batches_equal_one_padded_batch(tiny, finetune_layers):
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, finetune_layers=finetune_layers))
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 40, (600,), generator=generator)  # (items,), more than one sub-batch
+    mask = (torch.arange(40)[None, :] < lengths[:, None]).long()  # (items, 40)
+    input_ids = torch.randint(1000, 20000, (600, 40), generator=generator) * mask
+    frozen = model.frozen_states(input_ids, mask)  # None when every layer trains
+    whole = model.encode_items(mask, input_ids=input_ids, frozen_states=frozen)
+    split = model._encode_step_items(mask, None if frozen is not None else input_ids, frozen)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
