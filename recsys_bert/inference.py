@@ -385,7 +385,8 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         new_catalogue = Catalogue(new_ids["input_ids"], tokenizer.pad_token_id)
         vectors = torch.cat([vectors, new_catalogue.item_vectors(model, accelerator, args.batch_size).cpu()])
         if config.user_tower == "text":
-            history_catalogue = Catalogue(items["input_ids"] + new_ids["input_ids"], tokenizer.pad_token_id)
+            token_lists = items.data.column("input_ids").to_pylist() + new_ids.data.column("input_ids").to_pylist()
+            history_catalogue = Catalogue(token_lists, tokenizer.pad_token_id)
     vectors = vectors.to(accelerator.device)  # (items + new texts, dim)
     encoded = time.perf_counter()
 

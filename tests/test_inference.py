@@ -205,6 +205,22 @@ def test_cold_start_users_and_items(trained, generic_files, tmp_path):
     assert "new-1" not in without.item_ids["7"] and len(without.item_ids["nobody"]) == len(catalogue)
 
 
+def test_cold_start_with_the_text_user_tower(generic_files, tiny, tmp_path):
+    """The 'text' tower reads the history's tokens: new texts join the catalogue's tokens for it."""
+    extra = ("--max_steps", "2", "--user_tower", "text", "--max_user_tokens", "64", "--finetune_layers", "1")
+    train(*parse_args(tiny_train_args(generic_files, tiny, tmp_path / "model", *extra)))
+    items, _ = generic_files
+    users = [{"user_id": "ids", "history": ["1", "3"]}, {"user_id": "texts", "history": ["A new film about teapots"]}]
+    (tmp_path / "users.jsonl").write_text("".join(json.dumps(u) + "\n" for u in users))
+    summary = _recommend("--model", str(tmp_path / "model"), "--items", str(items), "--text_template",
+                         "{title}. {genres}", "--users", str(tmp_path / "users.jsonl"), "--top_k", "5",
+                         "--output", str(tmp_path / "recs.jsonl"))  # fmt: skip
+    assert summary["users"] == 2 and summary["new_texts"] == 1
+    frame = _read(tmp_path / "recs.jsonl").set_index("user_id")
+    assert all(len(frame.item_ids[user]) == 5 for user in ("ids", "texts"))
+    assert frame.item_ids["ids"] != frame.item_ids["texts"]
+
+
 def test_read_users_counts_bad_lines_and_rejects_a_bad_file(tmp_path):
     path = tmp_path / "users.jsonl"
     path.write_text('{"user_id": "a", "history": ["1", "x"]}\n{"history": []}\n{"user_id": "b", "history": 5}\n[1]\n')
