@@ -290,7 +290,7 @@ class RowWriter:
             self.parquet.close()
         elif self.text is not None:
             self.text.close()
-        else:  # no rows at all: still an output (an empty file, or a parquet schema-less table)
+        else:  # no rows at all: still an output, an empty file
             self.tmp.write_text("")
         os.replace(self.tmp, self.path)
 
@@ -417,7 +417,7 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
             if args.pseudonymize_user_ids:
                 user_ids = pseudonymize(user_ids, salt)
             if impressions:
-                table = _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids)
+                table = _impression_table(model, users, vectors[:num_items], batch, batch_rows, user_ids, item_ids)
             else:
                 exclude, targets = batch.get("full_history_ids"), batch.get("target_ids")
                 if exclude is not None and targets is not None:  # the split's target stays rankable
@@ -432,10 +432,8 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         writer.abort()
         raise
     progress.close()
-    if world == 1:
-        writer.close()
-    else:
-        writer.close()
+    writer.close()
+    if world > 1:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             merge_parts([output.with_name(f".{output.name}.part-{r}.parquet") for r in range(world)], output)
@@ -495,8 +493,9 @@ def _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows
 def _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids) -> pa.Table:
     """MIND: each impression's candidates in their given order, their logits, and their rank (1 = best)."""
     candidates = batch["candidate_ids"]  # (users, candidates), -1 = padding
-    logits = torch.einsum("ud,ucd->uc", users, vectors[candidates.clamp(min=0)]) / model.config.temperature
-    logits = logits.masked_fill(candidates < 0, -torch.inf).cpu()  # (users, candidates)
+    # the model's scores over the catalogue, then the candidates': exactly what evaluation ranks
+    logits = model.score(users, vectors).gather(1, candidates.clamp(min=0))  # (users, candidates)
+    logits = logits.masked_fill(candidates < 0, -torch.inf).cpu()
     order = logits.argsort(dim=1, descending=True, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(1, order.shape[1] + 1).expand_as(order))  # (users, candidates)
