@@ -84,17 +84,25 @@ def history_excluded_metrics(folder: Path, config: str, max_eval_users: int) -> 
     from recsys_bert.data import load_data, tokenize_items
     from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer
     from recsys_bert.inference import catalogue_vectors, default_vector_cache, load_model
+    from recsys_bert.training import has_accelerator
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=not has_accelerator())
     model, tokenizer = load_model(str(folder))
+    model.to(accelerator.device)
     data_args, _ = parse_recommend_args(["--config", config, "--model", str(folder)])
     data_args.max_eval_users = max_eval_users
     data = load_data(data_args, max_history=model.config.max_history)
     catalogue = Catalogue.from_items(tokenize_items(data.items, tokenizer, model.config.max_item_tokens),
                                      tokenizer.pad_token_id)  # fmt: skip
     vectors, _ = catalogue_vectors(model, catalogue, accelerator, 256, default_vector_cache())
-    loader = eval_loader(data.test, EvalCollator(model.config.max_history, full_history=True), 256, accelerator)
+    collator = EvalCollator(
+        model.config.max_history,
+        full_history=True,
+        catalogue=catalogue if model.config.user_tower == "text" else None,
+        max_user_tokens=model.config.max_user_tokens,
+    )
+    loader = eval_loader(data.test, collator, 256, accelerator)
     return evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, [10], exclude_history=True)
 
 

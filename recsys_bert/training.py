@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -129,10 +130,15 @@ class StopRequest:
         self.signum = signum
 
     def requested(self, accelerator: Accelerator) -> bool:
-        if accelerator.num_processes == 1:
-            return self.signum is not None
-        flag = torch.tensor(float(self.signum is not None), device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
+        return any_process(accelerator, self.signum is not None)
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is true on any of them (so that all stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return flag
+    flag = torch.tensor(float(flag), device=accelerator.device)
+    return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -197,6 +203,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     configure_logging(accelerator)
+    args = dataclasses.replace(args, mixed_precision=accelerator.mixed_precision)  # recorded as run, not as asked
     set_seed(args.seed)
 
     # ---- data: loaded and tokenized once, by the main process first (the others read its cache) ----
@@ -271,6 +278,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         "max_steps": max_steps,
         "processes": accelerator.num_processes,
         "distributed_type": accelerator.distributed_type.value,
+        "mixed_precision": accelerator.mixed_precision,
         "setup_seconds": round(time.perf_counter() - start, 1),
     }
     if accelerator.is_main_process:
@@ -315,7 +323,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     )
     stop = state["global_step"] >= max_steps
     window_loss, window_batches, window_samples = torch.zeros((), device=accelerator.device), 0, 0
-    window_start = time.perf_counter()
+    window_start = loop_start = time.perf_counter()
     with StopRequest() as stop_request:
         for epoch in range(state["global_step"] // steps_per_epoch, num_epochs):
             if stop:
@@ -376,8 +384,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                     progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
                     window_loss.zero_()
                     window_batches, window_samples, window_start = 0, 0, time.perf_counter()
-                if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps:
-                    if _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step):
+                out_of_time = args.max_train_minutes > 0 and any_process(
+                    accelerator, time.perf_counter() - loop_start >= 60 * args.max_train_minutes
+                )
+                if out_of_time:
+                    logger.info("Time budget of %s minutes spent at step %d", args.max_train_minutes, step)
+                if (args.eval_steps > 0 and step % args.eval_steps == 0) or step == max_steps or out_of_time:
+                    best = _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step)
+                    state["history"][-1]["seconds"] = round(time.perf_counter() - loop_start, 1)  # of this launch
+                    if best:
                         if accelerator.is_main_process:
                             save_model(accelerator.unwrap_model(model), tokenizer, best_dir)
                         accelerator.wait_for_everyone()
@@ -387,10 +402,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                         stop = True
                 if args.save_steps > 0 and step % args.save_steps == 0:
                     _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
-                if step >= max_steps or stop:
+                if step >= max_steps or stop or out_of_time:
                     stop = True
                     break
     progress.close()
+    summary["train_seconds"] = round(time.perf_counter() - loop_start, 1)  # steps and validations (of this launch)
 
     # ---- the best model on test; everything written atomically ----
     unwrapped = accelerator.unwrap_model(model)
@@ -403,6 +419,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         "valid": valid_metrics,
         "test": test_metrics,
         "baselines": baselines,
+        "history": state["history"],  # every validation: step, seconds since this launch's first step, metrics
         "protocol": {
             "data": data.name,
             "ranking": "impressions" if data.is_impressions else "full catalogue",

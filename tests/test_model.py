@@ -138,3 +138,12 @@ def test_a_steps_items_in_length_sorted_sub_batches_equal_one_padded_batch(tiny,
     whole = model.encode_items(mask, input_ids=input_ids, frozen_states=frozen)
     split = model._encode_step_items(mask, None if frozen is not None else input_ids, frozen)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
+
+
+def test_an_encoder_stored_in_float16_trains_with_float32_weights(tiny, tmp_path):
+    """A half-precision checkpoint (like the fp16 MiniLM copy used on GPUs) still gives float32 master weights."""
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny).half().save_pretrained(tmp_path)
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path), finetune_layers=-1))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -143,6 +143,17 @@ def test_text_user_tower_trains_in_bf16_with_gradient_accumulation(generic_files
     metrics = _train(argv)
     assert metrics["test"]["users"] == 40 and metrics["test"]["mrr"] > 0
     assert metrics["protocol"]["steps"] == 3 and metrics["run"]["effective_batch_size"] == 64
+    assert metrics["run"]["mixed_precision"] == "bf16"
+
+
+def test_time_budget_stops_training_then_validates_tests_and_saves(generic_files, tiny, tmp_path):
+    argv = tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "1000", "--max_train_minutes", "1e-9")
+    metrics = _train(argv)
+    assert metrics["protocol"]["steps"] == 1 and metrics["protocol"]["best_step"] == 1
+    assert [h["step"] for h in metrics["history"]] == [1] and metrics["history"][0]["seconds"] >= 0
+    assert metrics["test"]["users"] == 40 and metrics["run"]["max_steps"] == 1000
+    assert metrics["run"]["mixed_precision"] == "no"  # no flag, no accelerate launch setting: full precision
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "metrics.json").is_file()
 
 
 def test_unreadable_interactions_stop_before_training_with_one_line(generic_files, tmp_path):
