@@ -35,10 +35,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PYTHON -c "import torch, transformers, accelerate, sentence_transformers, datasets as d; print('torch', torch.__version__,
 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'sentence-transformers',
 sentence_transformers.__version__, 'datasets', d.__version__)"
-echo "commit $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%FT%TZ)"
+date -u +%FT%TZ
 
 echo "== 1. throughput against the ceilings"
-RECSYS_BERT_CACHE=/tmp/cache-throughput timeout 90 $PYTHON benchmarks/gpu_throughput.py \
+RECSYS_BERT_CACHE=/tmp/cache-throughput timeout 150 $PYTHON benchmarks/gpu_throughput.py \
     --config $CONFIG --encoder_name_or_path $ENCODER ${THROUGHPUT_FLAGS:-} | tee runs/gpu/throughput.log
 tail -1 runs/gpu/throughput.log > "$OUT/throughput.json"
 STEP_SECONDS=$(tail -1 runs/gpu/throughput.log | $PYTHON -c "import json,sys; print(json.load(sys.stdin)['train']['seconds_per_step'])" 2>/dev/null || echo 0.4)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import plots  # noqa: E402
 
 VARIANTS = {
     "frozen": [],  # configs/scientific.yaml: frozen MiniLM (cached item vectors), MLP head, attention user tower
@@ -96,6 +98,7 @@ def history_excluded_metrics(folder: Path, config: str, max_eval_users: int) -> 
     catalogue = Catalogue.from_items(tokenize_items(data.items, tokenizer, model.config.max_item_tokens),
                                      tokenizer.pad_token_id)  # fmt: skip
     vectors, _ = catalogue_vectors(model, catalogue, accelerator, 256, default_vector_cache())
+    vectors = vectors.to(accelerator.device)  # (items, dim); the cache hands them back on the CPU
     collator = EvalCollator(
         model.config.max_history,
         full_history=True,
@@ -108,39 +111,6 @@ def history_excluded_metrics(folder: Path, config: str, max_eval_users: int) -> 
 
 def summarize(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def plot(variants: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, result in variants.items():
-        minutes = result.get("train_minutes", {}).get("mean")
-        if minutes is None:
-            continue
-        ndcg = result["kept"]["ndcg@10"]
-        ax.errorbar(minutes, ndcg["mean"], yerr=ndcg["std"], fmt="o", capsize=4, color="tab:blue")
-        ax.annotate(f"recsys-bert {name} ({result['runs']} seeds)", (minutes, ndcg["mean"]),
-                    textcoords="offset points", xytext=(6, 6))  # fmt: skip
-    sasrec = PEERS["SASRec (RecBole, 25 min, 2 CPU cores)"]
-    ax.plot([sasrec["minutes"]], [sasrec["ndcg@10"]], "s", color="tab:red")
-    ax.annotate(
-        "SASRec (RecBole)", (sasrec["minutes"], sasrec["ndcg@10"]), textcoords="offset points", xytext=(6, -12)
-    )
-    for name, color in (("zero-shot MiniLM, recency-weighted mean", "tab:green"), ("popularity", "tab:gray")):
-        ax.axhline(PEERS[name]["ndcg@10"], ls="--", color=color, label=f"{name} (no training)")
-    ax.axhline(0.070, ls=":", color="black", label="issue's CPU target .070")
-    ax.set_xlabel("training wall time on 2 CPU cores (minutes)")
-    ax.set_ylabel("test NDCG@10 (full ranking, history kept)")
-    ax.set_title("Amazon Scientific (UniSRec split, 8,442 users, 4,385 items)")
-    ax.set_xlim(0, 32)
-    ax.set_ylim(0, 0.085)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -204,9 +174,11 @@ def main() -> None:
             "command": "python " + " ".join(sys.argv),
         }
         results["scientific"].setdefault("peers", PEERS)
-        results["scientific"].setdefault("variants", {}).update(variants)
+        results["scientific"].setdefault("variants" if args.device_kind == "cpu" else "gpu_variants", {}).update(
+            variants
+        )
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-        plot(results["scientific"]["variants"], ROOT / "benchmarks" / "quality.png")
+        plots.quality(results["scientific"], ROOT / "benchmarks" / "quality.png")
     print(json.dumps(summary))
 
 

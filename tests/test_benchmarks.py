@@ -51,3 +51,12 @@ def test_rank_throughput_runs():
     assert set(figures["users_per_s"]) == {"1000", "3000"} and min(figures["users_per_s"].values()) > 0
     sizes = {row["items"]: row for row in figures["sizes"]}
     assert sizes[1000]["top_k_naive_agree"] is True and sizes[3000]["naive"].startswith("skipped")
+
+
+@pytest.mark.slow
+def test_gpu_throughput_runs_on_a_cpu_too():
+    """Its --quick mode on MovieLens: the ceiling loop, train.py's step and the two encoders, all finite."""
+    figures = _last_json_line("gpu_throughput.py", "--quick", "--config", "configs/movielens.yaml")
+    assert figures["ceiling"]["train_sequences_per_s"] > 0 and figures["train"]["encoder_sequences_per_s"] > 0
+    assert figures["ratio_vs_sentence_transformers"] > 0
+    assert figures["encode"]["cosine_vs_sentence_transformers_min"] > 0.999  # the same vectors
