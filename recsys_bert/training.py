@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,11 @@ class TrainCollator:
                 if len(pool):
                     negatives[i] = rng.choice(pool, self.args.npratio, replace=len(pool) < self.args.npratio)
         else:
-            negatives = rng.integers(0, len(self.catalogue), self.args.num_negatives)  # (negatives,) shared
+            negatives = (
+                np.arange(len(self.catalogue))  # (items,) a full softmax
+                if self.args.num_negatives < 0
+                else rng.integers(0, len(self.catalogue), self.args.num_negatives)  # (negatives,) shared
+            )
         width = max(int(lengths.max()), 1)
         history = np.zeros((len(rows), width), dtype=np.int64)  # (batch, width)
         history_mask = np.arange(width)[None, :] < lengths[:, None]  # (batch, width)
@@ -147,12 +152,13 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model: RecsysBertModel, tokenizer, target: Path) -> None:
+def save_model(model: RecsysBertModel, tokenizer, target: Path, state_dict: dict | None = None) -> None:
     """`save_pretrained` (safetensors + JSON config) and the tokenizer into a temporary folder beside `target`, then
-    each file renamed into `target`: a reader never sees a half-written file."""
+    each file renamed into `target`: a reader never sees a half-written file. `state_dict`: the weights to write when
+    the model holds shards of them (FSDP; `Accelerator.get_state_dict` gathers them)."""
     target.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     for f in tmp.iterdir():
         f.chmod(0o644)  # mkdtemp's privacy is not meant for a model to share
@@ -170,6 +176,37 @@ def find_checkpoint(output_dir: Path, which: str) -> Path | None:
         return path
     complete = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
     return max(complete, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+
+
+@contextmanager
+def whole_parameters(model: torch.nn.Module):
+    """The parameters whole, as evaluation and catalogue encoding need them: they call the model's parts directly,
+    outside its `forward`, and each process encodes its own share of the items, so under FSDP2 (which keeps only each
+    process's shard of the parameters, gathering them in every wrapped module's forward) processes would gather
+    different numbers of times. Every FSDP module is gathered once up front and kept whole until the end. A no-op
+    for a model that FSDP2 did not wrap."""
+    if not torch.distributed.is_available():
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    # FSDP2 takes the first module to run as its root; evaluation before any training step would run an encoder
+    # layer first. Initialize from the real root, as its forward would (torch has no public call for this).
+    model._get_fsdp_state()._lazy_init()
+    wrapped = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    model.set_reshard_after_forward(False)  # torch's documented way to keep parameters whole for evaluation
+    for module in wrapped:
+        module.unshard()
+    try:
+        yield
+    finally:
+        model.set_reshard_after_forward(True)  # as accelerate wraps (fsdp_reshard_after_forward), the root
+        model.set_reshard_after_forward(False, recurse=False)  # excepted, as FSDP2 sets it
+        for module in wrapped:
+            module.reshard()
 
 
 def has_accelerator() -> bool:
@@ -291,7 +328,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if args.run_baselines:
         popularity = popularity_scorer(data.train_item_counts, accelerator.device)
         baselines["popularity"] = run_eval(popularity, test_loader, "Popularity")
-        zero_shot_vectors = _zero_shot_item_vectors(unwrapped, catalogue, accelerator, args.per_device_eval_batch_size)
+        with whole_parameters(model):
+            zero_shot_vectors = _zero_shot_item_vectors(
+                unwrapped, catalogue, accelerator, args.per_device_eval_batch_size
+            )
         baselines["zero_shot"] = run_eval(mean_history_scorer(zero_shot_vectors), test_loader, "Zero-shot")
         del zero_shot_vectors
 
@@ -393,8 +433,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                     best = _validate(model, catalogue, accelerator, args, run_eval, valid_loader, state, step)
                     state["history"][-1]["seconds"] = round(time.perf_counter() - loop_start, 1)  # of this launch
                     if best:
+                        state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers its shards
                         if accelerator.is_main_process:
-                            save_model(accelerator.unwrap_model(model), tokenizer, best_dir)
+                            save_model(accelerator.unwrap_model(model), tokenizer, best_dir, state_dict)
                         accelerator.wait_for_everyone()
                     patience = args.early_stopping_patience
                     if patience and state["evals_without_improvement"] >= patience:
@@ -408,12 +449,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     progress.close()
     summary["train_seconds"] = round(time.perf_counter() - loop_start, 1)  # steps and validations (of this launch)
 
-    # ---- the best model on test; everything written atomically ----
-    unwrapped = accelerator.unwrap_model(model)
-    if (best_dir / "model.safetensors").exists():
-        unwrapped.load_state_dict(load_file(best_dir / "model.safetensors"))
-    item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
-    test_metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), test_loader, "Test")
+    # ---- the best model on test, in a plain model (not sharded by FSDP); everything written atomically ----
+    best_weights = best_dir / "model.safetensors"
+    state_dict = load_file(best_weights) if best_weights.exists() else accelerator.get_state_dict(model)
+    best_model = RecsysBertModel(config)
+    best_model.load_state_dict(state_dict)
+    best_model.to(accelerator.device)
+    item_vectors = catalogue.item_vectors(best_model, accelerator, args.per_device_eval_batch_size)
+    test_metrics = run_eval(model_scorer(best_model, item_vectors, accelerator), test_loader, "Test")
     valid_metrics = next((h["metrics"] for h in state["history"] if h["step"] == state["best_step"]), {})
     results = {
         "valid": valid_metrics,
@@ -434,13 +477,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     }
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state["global_step"])
     if accelerator.is_main_process:
-        save_model(unwrapped, tokenizer, output_dir)
+        save_model(best_model, tokenizer, output_dir)
         _write_json_atomic(output_dir / "metrics.json", results)
         tmp = output_dir / "config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(settings_dict(model_args, data_args, args), sort_keys=False))
         os.replace(tmp, output_dir / "config.yaml")
         shutil.rmtree(best_dir, ignore_errors=True)
-        save_item_encoder(unwrapped, tokenizer, output_dir / ITEM_ENCODER_FOLDER)
+        save_item_encoder(best_model, tokenizer, output_dir / ITEM_ENCODER_FOLDER)
         write_model_card(output_dir, args.hub_model_id)
         shown = {k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}
         logger.info("Test: %s", json.dumps(shown))
@@ -473,8 +516,9 @@ def _validate(
 ) -> bool:
     """Validation metrics at `step`, recorded in `state`; True when they are the best so far."""
     unwrapped = accelerator.unwrap_model(model)
-    item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
-    metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), valid_loader, "Validating")
+    with whole_parameters(model):
+        item_vectors = catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
+        metrics = run_eval(model_scorer(unwrapped, item_vectors, accelerator), valid_loader, "Validating")
     model.train()
     accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=step)
     value = metrics[args.metric_for_best_model]
