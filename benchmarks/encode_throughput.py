@@ -22,13 +22,11 @@ The last line of stdout is one JSON object; `ratio_vs_sentence_transformers` is 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +40,6 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
-from torch import nn  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -50,7 +47,7 @@ from recsys_bert.catalogue import Catalogue  # noqa: E402
 from recsys_bert.config import DataArguments  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
 from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer  # noqa: E402
-from recsys_bert.inference import load_model  # noqa: E402
+from recsys_bert.inference import load_model, quantize_int8  # noqa: E402
 from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path  # noqa: E402
 
 METHODS = ("project", "sentence_transformers", "int8")
@@ -102,23 +99,6 @@ def parse() -> argparse.Namespace:
     return args
 
 
-def quantize(model: RecsysBertModel, scheme: str) -> RecsysBertModel:
-    """A copy whose `nn.Linear` layers are dynamically quantized to int8 (int8 weights, activations quantized per
-    batch): the encoder, the projection head and the attention pooling. The user tower's `nn.TransformerEncoder`
-    stays fp32: its fast path reads `linear1.weight`, which a quantized layer no longer has as a tensor.
-
-    `torch.ao.quantization` is deprecated in favour of torchao (not a dependency here) but still works in torch 2.13.
-    """
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-
-    qconfig = per_channel_dynamic_qconfig if scheme == "per_channel" else default_dynamic_qconfig
-    spec = {name: qconfig for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and not name.startswith("user_encoder.")}  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
-
-
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
     """What `recsys_bert.data.tokenize_items` does to each text (without its `datasets` cache)."""
     return tokenizer(texts, truncation=True, max_length=max_tokens, return_attention_mask=False,
@@ -148,7 +128,7 @@ def main() -> None:
         pooling="mean", projection_dim=0, finetune_layers=0, max_item_tokens=args.max_item_tokens
     )
     model = RecsysBertModel.from_encoder(config).eval()  # pooled, normalized MiniLM: what ST computes
-    int8_model = quantize(model, args.int8_scheme)
+    int8_model = quantize_int8(model, args.int8_scheme)
     st = SentenceTransformer(encoder_path, device="cpu")
     st.max_seq_length = args.max_item_tokens
     assert next(st.parameters()).dtype == next(model.parameters()).dtype == torch.float32
@@ -262,7 +242,7 @@ def ndcg_fp32_vs_int8(args: argparse.Namespace, accelerator: Accelerator) -> dic
     loader = eval_loader(data.test, collator, 256, accelerator)
     out = {"model": os.path.relpath(path, ROOT), "items": len(catalogue), "history_excluded": exclude_history}
     vectors = {}
-    for name, candidate in (("fp32", model), ("int8", quantize(model, args.int8_scheme))):
+    for name, candidate in (("fp32", model), ("int8", quantize_int8(model, args.int8_scheme))):
         start = time.perf_counter()
         vectors[name] = catalogue.item_vectors(candidate, accelerator, args.batch_size)  # (items, dim)
         encode_seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ ever held. Outputs are written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import hmac
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +64,26 @@ def load_model(name_or_path: str) -> tuple[RecsysBertModel, object]:
     return model.eval(), tokenizer
 
 
+def quantize_int8(model: RecsysBertModel, scheme: str = "per_channel") -> RecsysBertModel:
+    """A copy whose `nn.Linear` layers are dynamically quantized to int8 for CPUs (int8 weights, activations quantized
+    per batch): the encoder, the projection head and the attention pooling. The user tower's `nn.TransformerEncoder`
+    stays fp32: its fast path reads `linear1.weight`, which a quantized layer no longer has as a tensor.
+
+    Args:
+        scheme: `per_channel` (a weight scale per output channel) or `per_tensor` (one per matrix; loses more).
+
+    `torch.ao.quantization` is deprecated in favour of torchao (not a dependency here) but still works in torch 2.13.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if scheme == "per_channel" else default_dynamic_qconfig
+    spec = {name: qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not name.startswith("user_encoder.")}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+
+
 def fingerprint(model: RecsysBertModel, catalogue: Catalogue, precision: str) -> str:
     """A key of the catalogue's item vectors: the model's config and weights, every item's tokens, the precision."""
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
@@ -76,12 +98,22 @@ def fingerprint(model: RecsysBertModel, catalogue: Catalogue, precision: str) ->
 
 
 def catalogue_vectors(
-    model: RecsysBertModel, catalogue: Catalogue, accelerator: Accelerator, batch_size: int, cache_dir: Path | None
+    model: RecsysBertModel,
+    catalogue: Catalogue,
+    accelerator: Accelerator,
+    batch_size: int,
+    cache_dir: Path | None,
+    cache_key: str | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """The catalogue's unit item vectors `(items, dim)` on the CPU, and whether they came from the cache."""
+    """The catalogue's unit item vectors `(items, dim)` on the CPU, and whether they came from the cache.
+
+    Args:
+        cache_key: the cache file's name when `fingerprint` can't read the model itself (an int8 copy: its key is
+            taken from the model before quantization); default: `fingerprint` of the model at the run's precision.
+    """
     path = None
     if cache_dir is not None:
-        path = cache_dir / f"{fingerprint(model, catalogue, accelerator.mixed_precision)}.safetensors"
+        path = cache_dir / f"{cache_key or fingerprint(model, catalogue, accelerator.mixed_precision)}.safetensors"
         if path.is_file():
             try:
                 vectors = load_file(path)["vectors"]
@@ -343,6 +375,8 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     accelerator = Accelerator(cpu=not has_accelerator(), mixed_precision=args.mixed_precision)
     configure_logging(accelerator)
     model, tokenizer = load_model(args.model)
+    if args.int8 and accelerator.device.type != "cpu":
+        raise InputError(f"--int8: dynamic int8 quantization runs on CPUs, not on {accelerator.device.type}")
     model.to(accelerator.device)
     config = model.config
 
@@ -378,7 +412,11 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     cache_dir = Path(args.vector_cache or default_vector_cache())
     if (args.vector_cache or "").lower() == "none":
         cache_dir = None
-    vectors, cache_hit = catalogue_vectors(model, catalogue, accelerator, args.batch_size, cache_dir)
+    cache_key = None
+    if args.int8:  # the key from the fp32 weights (an int8 layer's weights are packed, not tensors)
+        cache_key = fingerprint(model, catalogue, "int8")
+        model = quantize_int8(model)
+    vectors, cache_hit = catalogue_vectors(model, catalogue, accelerator, args.batch_size, cache_dir, cache_key)
     history_catalogue = catalogue
     if new_texts:  # cold start: items unseen at training, embedded from their text; history only, never ranked
         new_ids = tokenize_items(datasets.Dataset.from_dict({"text": new_texts}), tokenizer, config.max_item_tokens)

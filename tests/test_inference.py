@@ -299,3 +299,17 @@ def test_mind_prediction_file_reproduces_the_impression_metrics(shared_data, tin
     from_file = impression_metrics(labels, scores)
     for name in ("auc", "mrr", "ndcg@5", "ndcg@10"):
         assert from_file[name] == pytest.approx(written[name], abs=1e-4)
+
+
+def test_int8_ranks_like_fp32_from_its_own_vector_cache(trained, tmp_path):
+    """`--int8` (CPU): the quantized model's lists stay close to fp32's, its vectors cached under their own key."""
+    folder, data_flags = trained
+    flags = ["--model", str(folder), *data_flags, "--top_k", "10", "--vector_cache", str(tmp_path / "cache")]
+    _recommend(*flags, "--output", str(tmp_path / "fp32.parquet"))
+    first = _recommend(*flags, "--int8", "--output", str(tmp_path / "int8.parquet"))
+    assert first["vector_cache"] == "written" and len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert _recommend(*flags, "--int8", "--output", str(tmp_path / "again.parquet"))["vector_cache"] == "hit"
+    fp32, int8 = _read(tmp_path / "fp32.parquet"), _read(tmp_path / "int8.parquet")
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(fp32.item_ids, int8.item_ids)])
+    assert overlap > 0.8  # 0.93 measured
+    assert _read(tmp_path / "again.parquet").equals(int8)

@@ -49,3 +49,25 @@ def test_logq_correction_subtracts_the_log_expected_count_of_each_candidate():
     corrections = torch.cat([torch.log(2 * torch.tensor([0.5, 0.2])), torch.log(torch.tensor([0.6, 0.6, 0.6]))])
     logits = torch.cat([users @ positives.T, users @ negatives.T], 1) - corrections
     assert torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 1])))
+
+
+def test_every_catalogue_item_as_negative_is_the_exact_full_softmax():
+    """`--num_negatives -1`: the shared negatives are the whole catalogue, the positive among them counted once."""
+    from recsys_bert.catalogue import Catalogue
+    from recsys_bert.config import TrainingArguments
+    from recsys_bert.model import RecsysBertConfig
+    from recsys_bert.training import TrainCollator
+
+    catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
+    rows = [{"history": [1, 2, 3], "target": 4}, {"history": [5], "target": 4}, {"history": [0, 9], "target": 11}]
+    args = TrainingArguments(num_negatives=-1, in_batch_negatives=False)
+    batch = TrainCollator(catalogue, RecsysBertConfig(max_history=5), args)(rows)
+    assert batch["negative_ids"].tolist() == list(range(12))
+
+    generator = torch.Generator().manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(3, 8, generator=generator), dim=-1)  # (batch, dim)
+    items = torch.nn.functional.normalize(torch.randn(12, 8, generator=generator), dim=-1)  # (items, dim)
+    positives = batch["positive_ids"]
+    loss = shared_negatives_loss(users, items[positives], positives, items, torch.arange(12), 0.05, in_batch=False)
+    expected = torch.nn.functional.cross_entropy(users @ items.T / 0.05, positives)
+    torch.testing.assert_close(loss, expected)
