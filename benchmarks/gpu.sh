@@ -10,7 +10,8 @@
 #  1. benchmarks/gpu_throughput.py: the ceilings and the project's training step and encoding against them;
 #  2. the fine-tuned variants of benchmarks/quality.py on Scientific, at once on the one GPU, each launched with
 #     configs/accelerate/one_gpu.yaml (bf16), each stopping after TRAIN_MINUTES of steps at the latest;
-#  3. benchmarks/quality.py over those runs: the history-excluded column, results.json (scientific.gpu).
+#  3. benchmarks/quality.py over those runs: the history-excluded column, results.json (scientific.gpu);
+#  4. configs/accelerate/fsdp.yaml for 3 steps (FSDP2 with one process).
 # Everything it reports lands in $OUT: gpu.log, throughput.json, VARIANT-metrics.json, runs.tgz (logs, configs,
 # results.json).
 set -u
@@ -78,6 +79,12 @@ if [ -n "$done_variants" ]; then
     timeout ${QUALITY_SECONDS:-60} $PYTHON benchmarks/quality.py --variants $done_variants --seeds 42 --runs_dir runs/gpu --config $CONFIG \
         --device_kind gpu --machine "$MACHINE" | tail -12
 fi
+echo "== 4. configs/accelerate/fsdp.yaml on this one GPU: 3 steps, validation, test, saving"
+RECSYS_BERT_CACHE=/tmp/cache-fsdp timeout 150 $PYTHON -m accelerate.commands.launch --config_file \
+    configs/accelerate/fsdp.yaml --num_processes 1 train.py --config $CONFIG --finetune_layers -1 \
+    --encoder_name_or_path $ENCODER --output_dir runs/gpu/fsdp --max_steps 3 --eval_steps 2 > runs/gpu/fsdp.log 2>&1
+echo "fsdp: exit $?"
+tr '\r' '\n' < runs/gpu/fsdp.log | grep -E "Run:|valid ndcg|Test:|Error|error" | cut -c1-300 | tail -8
 tar czf "$OUT/runs.tgz" runs/gpu/*.log runs/gpu/*/metrics.json runs/gpu/*/config.yaml runs/gpu/*/benchmark.json \
     benchmarks/results.json 2>/dev/null
 echo "== done $(date -u +%FT%TZ)"

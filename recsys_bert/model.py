@@ -277,6 +277,9 @@ class RecsysBertModel(PreTrainedModel):
         """
         if self.config.user_tower == "text":
             return self.encode_items(attention_mask, input_ids=input_ids)
+        # the catalogue's item vectors are float32; a model computing in bf16 without autocast (DeepSpeed, FSDP2's
+        # gathered parameters) takes them in its own dtype
+        history_vectors = history_vectors.to(self.user_token.dtype)  # (batch, length, dim)
         batch, length, dim = history_vectors.shape
         tokens = torch.cat([self.user_token.expand(batch, 1, dim), history_vectors], dim=1)  # (batch, 1 + length, dim)
         positions = torch.arange(length + 1, device=tokens.device)

@@ -147,3 +147,13 @@ def test_an_encoder_stored_in_float16_trains_with_float32_weights(tiny, tmp_path
     AutoModel.from_pretrained(tiny).half().save_pretrained(tmp_path)
     model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path), finetune_layers=-1))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_bf16_model_takes_the_catalogues_float32_item_vectors(tiny):
+    """DeepSpeed (and FSDP2's gathered parameters) compute in bf16 without autocast; evaluation hands the user tower
+    the catalogue's float32 item vectors."""
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny)).eval()
+    history, mask = torch.randn(2, 3, 32), torch.ones(2, 3, dtype=torch.bool)
+    expected = model.encode_users(history, mask)
+    users = model.to(torch.bfloat16).encode_users(history, mask)
+    assert users.dtype == torch.bfloat16 and torch.allclose(users.float(), expected, atol=0.05)
