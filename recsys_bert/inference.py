@@ -58,7 +58,7 @@ def load_model(name_or_path: str) -> tuple[RecsysBertModel, object]:
             raise InputError(f"{path}: no model.safetensors in the folder (the weights are missing)")
     try:
         model = RecsysBertModel.from_pretrained(name_or_path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise InputError(f"{name_or_path}: can't load the model ({str(err).strip().splitlines()[0]})") from None
     return model.eval(), tokenizer

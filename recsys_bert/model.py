@@ -166,10 +166,12 @@ class RecsysBertModel(PreTrainedModel):
         """A new recommender around the pretrained encoder `config.encoder_name_or_path` (default: packaged MiniLM)."""
         path = config.encoder_name_or_path or default_encoder_path()
         try:
-            # float32 master weights whatever the stored dtype (transformers 5 loads a float16 checkpoint as float16)
-            encoder = _without_pooler(partial(AutoModel.from_pretrained, dtype=torch.float32), path)
-        except OSError as err:
-            raise InputError(f"{path}: can't load an encoder from it ({str(err).splitlines()[0]})") from None
+            # float32 master weights whatever the stored dtype (transformers 5 loads a float16 checkpoint as float16);
+            # never an encoder's own code (said explicitly: else transformers asks on a terminal, and runs it on y)
+            load = partial(AutoModel.from_pretrained, dtype=torch.float32, trust_remote_code=False)
+            encoder = _without_pooler(load, path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: can't load an encoder from it ({str(err).strip().splitlines()[0]})") from None
         config.encoder = encoder.config.to_dict()
         return cls(config, encoder=encoder)
 

@@ -247,9 +247,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     start = time.perf_counter()
     encoder_path = model_args.encoder_name_or_path or default_encoder_path()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(encoder_path)
-    except OSError as err:
-        raise InputError(f"{encoder_path}: can't load a tokenizer from it ({str(err).splitlines()[0]})") from None
+        tokenizer = AutoTokenizer.from_pretrained(encoder_path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        message = str(err).strip().splitlines()[0]
+        raise InputError(f"{encoder_path}: can't load a tokenizer from it ({message})") from None
     with accelerator.main_process_first():
         data = load_data(data_args, max_history=model_args.max_history, seed=args.seed)
         items = tokenize_items(data.items, tokenizer, model_args.max_item_tokens)

@@ -157,3 +157,22 @@ def test_a_bf16_model_takes_the_catalogues_float32_item_vectors(tiny):
     expected = model.encode_users(history, mask)
     users = model.to(torch.bfloat16).encode_users(history, mask)
     assert users.dtype == torch.bfloat16 and torch.allclose(users.float(), expected, atol=0.05)
+
+
+def test_an_encoder_that_needs_its_own_code_is_refused_without_running_it(tiny, tmp_path):
+    """No trust_remote_code, and no terminal prompt that would run the code on 'y': a one-line error instead."""
+    import json
+    import shutil
+
+    from recsys_bert.errors import InputError
+
+    shutil.copytree(tiny, tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    auto_map = {"AutoConfig": "custom.CustomConfig", "AutoModel": "custom.CustomModel"}
+    config.update(model_type="custom_bert", auto_map=auto_map)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "code_ran"
+    (tmp_path / "custom.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('')\n")
+    with pytest.raises(InputError, match="custom code"):
+        RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path)))
+    assert not marker.exists()
