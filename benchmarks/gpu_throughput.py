@@ -42,9 +42,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from recsys_bert.catalogue import Catalogue  # noqa: E402
 from recsys_bert.config import parse_args  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
-from recsys_bert.losses import shared_negatives_loss  # noqa: E402
 from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path  # noqa: E402
-from recsys_bert.training import TrainCollator, _parameter_groups  # noqa: E402
+from recsys_bert.training import TrainCollator, _parameter_groups, step_loss  # noqa: E402
 
 # ../shared/device/README.md, H200, MiniLM-L6 (hidden 384), sequences/s
 README_CEILINGS = {32: {"train": 67400, "inference": 171000}, 64: {"train": 38800, "inference": 103000},
@@ -157,19 +156,14 @@ def project_training(model_args, data_args, train_args, args, device: torch.devi
 
     def step():
         batch = {key: value.to(device, non_blocking=True) for key, value in next(batches).items()}
-        positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
         with autocast(device):
-            output = model(**batch)
-            loss = shared_negatives_loss(
-                output.user_vectors, output.positive_vectors, positive_ids, output.negative_vectors, negative_ids,
-                config.temperature, in_batch=train_args.in_batch_negatives, item_log_frequency=item_log_frequency,
-            )  # fmt: skip
+            loss = step_loss(model, batch, config.temperature, item_log_frequency, train_args.in_batch_negatives)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         mask = batch["item_attention_mask"]  # (unique_items, tokens)
-        records.append({"sequences": mask.shape[0], "tokens": int(mask.sum()), "samples": len(positive_ids)})
+        records.append({"sequences": mask.shape[0], "tokens": int(mask.sum()), "samples": len(batch["positive_ids"])})
 
     # every step has other shapes (unique items, sub-batch widths): warm up as many steps as are timed. With 3
     # warm-up steps an H200 gave 0.44 s/step where train.py's own loop ran at 0.13 s/step once under way.

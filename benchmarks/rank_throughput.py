@@ -113,8 +113,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     users = unit_vectors(args.users, args.dim, generator)  # (users, dim)
 
-    def score(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:  # RecsysBertModel.score
-        return (u / args.temperature) @ i.T  # (users, chunk)
+    def score(u: torch.Tensor, i: torch.Tensor, first_item: int = 0) -> torch.Tensor:  # RecsysBertModel.score
+        return (u / args.temperature) @ i.T  # (users, chunk); random users have no history to boost
 
     def chunked(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [top_k(users[s : s + args.user_batch_size], items, args.k, score, None, args.item_chunk_size)

@@ -1,10 +1,10 @@
 """Training throughput: the project's training step vs a naive one that runs every item occurrence through the encoder.
 
-The project's step (`TrainCollator` + `RecsysBertModel.forward` + `shared_negatives_loss` + backward + clipping +
-AdamW) encodes each of the step's unique items once, from the cached output of the frozen encoder layers. The naive
-step, as most research code does it, runs every history item and every candidate of every sample through the whole
-encoder each step: no deduplication, no cache. Both take the very same batches and the same loss; their repeats
-alternate so that background load hits both alike, and the figures are medians over the timed steps.
+The project's step (`TrainCollator` + `training.step_loss` + backward + clipping + AdamW) encodes each of the step's
+unique items once, from the cached output of the frozen encoder layers. The naive step, as most research code does it,
+runs every history item and every candidate of every sample through the whole encoder each step: no deduplication, no
+cache. Both take the very same batches and the same loss; their repeats alternate so that background load hits both
+alike, and the figures are medians over the timed steps.
 
     python benchmarks/train_throughput.py              # configs/movielens.yaml as is (frozen MiniLM)
     python benchmarks/train_throughput.py --finetune_layers 1
@@ -45,7 +45,7 @@ from recsys_bert.config import parse_args  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
 from recsys_bert.losses import shared_negatives_loss  # noqa: E402
 from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path  # noqa: E402
-from recsys_bert.training import TrainCollator, _parameter_groups  # noqa: E402
+from recsys_bert.training import TrainCollator, _parameter_groups, step_loss  # noqa: E402
 
 PHASES = ("collate", "forward", "backward", "optimizer")
 
@@ -158,12 +158,7 @@ def cache_used_items(model: RecsysBertModel, catalogue: Catalogue, item_ids: np.
 def project_step(model, optimizer, batch, loss_kwargs, max_grad_norm, times) -> int:
     """The train.py step; returns the number of item sequences the item tower encoded."""
     start = time.perf_counter()
-    positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
-    output = model(**batch)
-    loss = shared_negatives_loss(
-        output.user_vectors, output.positive_vectors, positive_ids, output.negative_vectors, negative_ids,
-        **loss_kwargs,
-    )  # fmt: skip
+    loss = step_loss(model, batch, **loss_kwargs)
     times["forward"] = time.perf_counter() - start
     _backward_and_step(model, optimizer, loss, max_grad_norm, times)
     return batch["item_attention_mask"].shape[0]
@@ -185,6 +180,7 @@ def naive_step(model, optimizer, batch, loss_kwargs, max_grad_norm, times) -> in
     loss = shared_negatives_loss(
         user_vectors, vectors[num_history : num_history + size], batch["positive_ids"],
         vectors[num_history + size :], batch["negative_ids"], **loss_kwargs,
+        history_ids=batch["history_ids"], repeat_bias=model.repeat_bias,
     )  # fmt: skip
     times["forward"] = time.perf_counter() - start
     _backward_and_step(model, optimizer, loss, max_grad_norm, times)

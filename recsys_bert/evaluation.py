@@ -122,7 +122,9 @@ def model_scorer(model: RecsysBertModel, item_vectors: torch.Tensor, accelerator
     """Scores of the recommender: its user vectors against the catalogue's item vectors (in eval mode: the caller
     puts the model back into training mode)."""
     model.eval()
-    return lambda batch: model.score(user_vectors(model, batch, item_vectors, accelerator), item_vectors)
+    return lambda batch: model.score(
+        user_vectors(model, batch, item_vectors, accelerator), item_vectors, batch["history_ids"]
+    )
 
 
 def user_vectors(

@@ -177,8 +177,8 @@ def model_card(results: dict, settings: dict, model_config: dict, repo_id: str |
 # recsys-bert on {data_name}
 
 A sequential recommender built on `{base_model or encoder}`: item texts are embedded by the encoder, a user's history
-by the `{model_config.get("user_tower")}` user tower, and items are ranked by dot-product softmax scores. Trained
-with recsys-bert.
+by the `{model_config.get("user_tower")}` user tower, and items are ranked by dot-product softmax scores, with a
+learned offset (`repeat_bias`) for items already in the user's recent history. Trained with recsys-bert.
 
 ## Results ({split})
 

@@ -19,6 +19,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -37,7 +38,7 @@ from recsys_bert.config import DataArguments, RecommendArguments
 from recsys_bert.data import format_skipped, load_data, load_items, tokenize_items
 from recsys_bert.errors import InputError
 from recsys_bert.evaluation import EvalCollator, user_vectors
-from recsys_bert.model import RecsysBertModel
+from recsys_bert.model import RecsysBertModel, item_positions
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,8 @@ def top_k(
     Args:
         users (`(users, dim)`): user vectors.
         items (`(items, dim)`): item vectors.
-        score: `(users, dim), (chunk, dim) -> (users, chunk)` logits, e.g. `RecsysBertModel.score`.
+        score: `score(users, chunk, first_item=start)` -> `(users, chunk)` logits, e.g. `RecsysBertModel.score`
+            with the users' `history_ids` bound.
         exclude (`(users, n)`): item indices each user must not get (-1 = padding; indices past `items` are ignored).
         item_chunk_size: items scored at once.
         ties_against (`(users,)`): an item per user (-1 = none) placed after every item with the same score, as
@@ -174,11 +176,11 @@ def top_k(
     best_index = torch.zeros((num_users, 0), dtype=torch.long, device=users.device)
     log_normalizer = users.new_full((num_users,), -torch.inf, dtype=torch.float64)  # (users,), summed over chunks
     for start in range(0, num_items, item_chunk_size):
-        logits = score(users, items[start : start + item_chunk_size]).float()  # (users, chunk)
+        logits = score(users, items[start : start + item_chunk_size], first_item=start).float()  # (users, chunk)
         if exclude is not None:
-            logits[_in_chunk(exclude, start, logits.shape[1])] = -torch.inf
+            logits[item_positions(exclude, start, logits.shape[1])] = -torch.inf
         if ties_against is not None:  # one step down to the next float: after its equals, before anything lower
-            rows, columns = _in_chunk(ties_against[:, None], start, logits.shape[1])
+            rows, columns = item_positions(ties_against[:, None], start, logits.shape[1])
             logits[rows, columns] = torch.nextafter(logits[rows, columns], logits.new_tensor(-torch.inf))
         chunk_logits, chunk_index = logits.topk(min(k, logits.shape[1]), dim=1)  # (users, <= k)
         # the chunk's log-sum-exp from topk's row maximum, in place: the logits are not needed any more
@@ -193,14 +195,6 @@ def top_k(
         moved = best_index == ties_against[:, None]
         best_logits[moved] = torch.nextafter(best_logits[moved], best_logits.new_tensor(torch.inf))
     return best_logits, best_index, log_normalizer.float()
-
-
-def _in_chunk(item_index: torch.Tensor, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column) positions, in a chunk of `size` items from `start`, of `item_index` `(users, n)` (-1 = none)."""
-    local = item_index - start  # (users, n)
-    hit = (item_index >= 0) & (local >= 0) & (local < size)
-    rows = torch.arange(item_index.shape[0], device=item_index.device)[:, None].expand_as(item_index)
-    return rows[hit], local[hit]
 
 
 # ---------------------------------------------------------------- users
@@ -460,8 +454,9 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
                 exclude, targets = batch.get("full_history_ids"), batch.get("target_ids")
                 if exclude is not None and targets is not None:  # the split's target stays rankable
                     exclude = exclude.masked_fill(exclude == targets[:, None], -1)
+                score = partial(model.score, history_ids=batch["history_ids"])
                 logits, index, log_normalizer = top_k(
-                    users, vectors[:num_items], args.top_k, model.score, exclude, args.item_chunk_size, targets
+                    users, vectors[:num_items], args.top_k, score, exclude, args.item_chunk_size, targets
                 )
                 table = _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows)
             writer.write(table)
@@ -532,7 +527,7 @@ def _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_i
     """MIND: each impression's candidates in their given order, their logits, and their rank (1 = best)."""
     candidates = batch["candidate_ids"]  # (users, candidates), -1 = padding
     # the model's scores over the catalogue, then the candidates': exactly what evaluation ranks
-    logits = model.score(users, vectors).gather(1, candidates.clamp(min=0))  # (users, candidates)
+    logits = model.score(users, vectors, batch["history_ids"]).gather(1, candidates.clamp(min=0))  # (users, cands)
     logits = logits.masked_fill(candidates < 0, -torch.inf).cpu()
     order = logits.argsort(dim=1, descending=True, stable=True)
     ranks = torch.empty_like(order)

@@ -3,7 +3,8 @@
 Negatives are either shared by the whole step (the other samples' positives, gathered across processes with their
 gradient as sentence-transformers' `MultipleNegativesRankingLoss` does, plus sampled items) or per sample (MIND's
 non-clicked impressions). A candidate that is the same item as a sample's positive is masked out, never counted as a
-negative.
+negative. A candidate already in the sample's history gets the model's learned repeat bias, as `RecsysBertModel.score`
+gives it at ranking time.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def shared_negatives_loss(
     temperature: float,
     in_batch: bool = True,
     item_log_frequency: torch.Tensor | None = None,
+    history_ids: torch.Tensor | None = None,
+    repeat_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each user's positive against the step's shared candidates.
 
@@ -53,6 +56,8 @@ def shared_negatives_loss(
         negative_vectors (`(negatives, dim)`), negative_ids (`(negatives,)`): uniformly sampled items, shared.
         in_batch: also score every process's positives as candidates for every user.
         item_log_frequency (`(items,)`): log of each item's share of the training targets.
+        history_ids (`(batch, length)`, -1 = padding), repeat_bias (`(1,)`): each sample's history and the score
+            offset, in cosine units, of candidates in it (`RecsysBertOutput.repeat_bias`).
     """
     batch = user_vectors.shape[0]
     if in_batch:
@@ -73,6 +78,7 @@ def shared_negatives_loss(
         negative_logits = negative_logits - (math.log(max(1, negative_ids.shape[0])) - math.log(num_items))
     logits = torch.cat([positive_logits, negative_logits], dim=1)  # (batch, candidates)
     all_ids = torch.cat([candidate_ids, negative_ids.expand(batch, -1)], dim=1)  # (batch, candidates)
+    logits = _with_repeat_bias(logits, all_ids, history_ids, repeat_bias, temperature)
     return _masked_cross_entropy(logits, all_ids, positive_ids, labels)
 
 
@@ -83,17 +89,39 @@ def per_sample_negatives_loss(
     negative_vectors: torch.Tensor,
     negative_ids: torch.Tensor,
     temperature: float,
+    history_ids: torch.Tensor | None = None,
+    repeat_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each user's positive against its own negatives (e.g. non-clicked impressions).
 
     Args:
         negative_vectors (`(batch, negatives, dim)`), negative_ids (`(batch, negatives)`, -1 = padding).
+        history_ids, repeat_bias: as in `shared_negatives_loss`.
     """
     candidates = torch.cat([positive_vectors[:, None], negative_vectors], dim=1)  # (batch, 1 + negatives, dim)
     logits = torch.einsum("bd,bnd->bn", user_vectors, candidates) / temperature  # (batch, 1 + negatives)
     all_ids = torch.cat([positive_ids[:, None], negative_ids], dim=1)  # (batch, 1 + negatives)
     labels = torch.zeros_like(positive_ids)
+    logits = _with_repeat_bias(logits, all_ids, history_ids, repeat_bias, temperature)
     return _masked_cross_entropy(logits, all_ids, positive_ids, labels)
+
+
+def _with_repeat_bias(
+    logits: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    history_ids: torch.Tensor | None,
+    repeat_bias: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """`logits` `(batch, candidates)` plus `repeat_bias / temperature` where the candidate is in the row's history."""
+    if history_ids is None or repeat_bias is None:
+        return logits
+    padding = int(max(candidate_ids.max(), history_ids.max())) + 1  # a column that stands for "no item"
+    in_history = torch.zeros(len(logits), padding + 1, dtype=torch.bool, device=logits.device)  # (batch, ids + 1)
+    in_history.scatter_(1, history_ids.masked_fill(history_ids < 0, padding), True)
+    in_history[:, padding] = False
+    repeated = in_history.gather(1, candidate_ids.masked_fill(candidate_ids < 0, padding))  # (batch, candidates)
+    return logits + repeated * (repeat_bias / temperature)
 
 
 def _masked_cross_entropy(

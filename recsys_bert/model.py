@@ -4,7 +4,8 @@ API split the way training, evaluation and serving need it:
 - `encode_items`: item tokens (or their cached frozen states) -> unit item vectors.
 - `encode_users`: history item vectors ('attention' tower) or the history's concatenated tokens ('text' tower)
   -> unit user vectors.
-- `score`: dot(user, item) / temperature, the logits of the softmax over candidates.
+- `score`: (dot(user, item) + repeat bias if the item is in the user's history) / temperature, the logits of the
+  softmax over candidates.
 
 `finetune_layers` splits the encoder into a frozen lower part, whose output for every item can be computed once and
 cached (`frozen_states`), and a trained upper part that runs each step.
@@ -105,6 +106,7 @@ class RecsysBertOutput(ModelOutput):
     user_vectors: torch.Tensor | None = None  # (batch, dim)
     positive_vectors: torch.Tensor | None = None  # (batch, dim)
     negative_vectors: torch.Tensor | None = None  # (negatives, dim) shared, or (batch, negatives, dim) per sample
+    repeat_bias: torch.Tensor | None = None  # (1,) the learned score offset of items already in the history
 
 
 class AdditiveAttention(nn.Module):
@@ -157,6 +159,9 @@ class RecsysBertModel(PreTrainedModel):
             )
             self.user_encoder = nn.TransformerEncoder(layer, config.user_layers, enable_nested_tensor=False)
             self.user_pooling = AdditiveAttention(dim)
+        # how much more (or less) likely a user is to pick an item again than its vector alone says, in cosine
+        # units, learned from the training targets: repeat purchases are rare in most shops, repeat listens common
+        self.repeat_bias = nn.Parameter(torch.zeros(1))
         for module in self.frozen_modules():
             module.requires_grad_(False)
         self.post_init()
@@ -179,6 +184,8 @@ class RecsysBertModel(PreTrainedModel):
         # only the new layers: the encoder keeps its pretrained weights
         if module is self.encoder or any(module is m for m in self.encoder.modules()):
             return
+        if module is self:  # 0 = no opinion on repeats (also for a saved model from before the term existed)
+            nn.init.zeros_(module.repeat_bias)
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
@@ -311,9 +318,28 @@ class RecsysBertModel(PreTrainedModel):
             )  # (sub-batch, dim)
         return torch.cat(parts)[order.argsort()]  # (items, dim), back in the step's order
 
-    def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        """Logits `(users, items)`: dot(user, item) / temperature; their softmax is the click probability."""
-        return (user_vectors / self.config.temperature) @ item_vectors.T  # users are fewer: divide them, once
+    def score(
+        self,
+        user_vectors: torch.Tensor,
+        item_vectors: torch.Tensor,
+        history_ids: torch.Tensor | None = None,
+        first_item: int = 0,
+    ) -> torch.Tensor:
+        """Logits `(users, items)`: (dot(user, item) + `repeat_bias` for the user's history items) / temperature;
+        their softmax is the click probability.
+
+        Args:
+            user_vectors (`(users, dim)`), item_vectors (`(items, dim)`): unit vectors.
+            history_ids (`(users, length)`): the catalogue indices of each user's recent history (-1 = padding), the
+                history the user vectors were computed from; `None` leaves the repeat term out.
+            first_item: the catalogue index of `item_vectors`' first row (a chunk of the catalogue).
+        """
+        logits = (user_vectors / self.config.temperature) @ item_vectors.T  # (users, items); users are fewer
+        if history_ids is None:
+            return logits
+        rows, columns = item_positions(history_ids, first_item, logits.shape[1])
+        logits[rows, columns] += self.repeat_bias / self.config.temperature  # once per (user, item), however often
+        return logits
 
     def forward(
         self,
@@ -347,7 +373,16 @@ class RecsysBertModel(PreTrainedModel):
             user_vectors=user_vectors,
             positive_vectors=item_vectors[positive_index],  # (batch, dim)
             negative_vectors=item_vectors[negative_index],  # (negatives, dim) or (batch, negatives, dim)
+            repeat_bias=self.repeat_bias * 1,  # taken in forward, where FSDP holds the whole parameter
         )
+
+
+def item_positions(item_index: torch.Tensor, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) positions, in a chunk of `size` items from `start`, of `item_index` `(users, n)` (-1 = none)."""
+    local = item_index - start  # (users, n)
+    hit = (item_index >= 0) & (local >= 0) & (local < size)
+    rows = torch.arange(item_index.shape[0], device=item_index.device)[:, None].expand_as(item_index)
+    return rows[hit], local[hit]
 
 
 AutoConfig.register("recsys_bert", RecsysBertConfig)

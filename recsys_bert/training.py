@@ -100,6 +100,7 @@ class TrainCollator:
             "negative_index": torch.from_numpy(negative_index),  # (negatives,) or (batch, npratio)
             "positive_ids": torch.from_numpy(targets),  # (batch,)
             "negative_ids": torch.from_numpy(negatives),  # (negatives,) or (batch, npratio), -1 = none
+            "history_ids": torch.from_numpy(np.where(history_mask, history, -1)),  # (batch, width), -1 = none
             **{f"item_{key}": value for key, value in self.catalogue.features(unique).items()},  # (unique_items, ...)
         }
         if self.config.user_tower == "text":
@@ -107,6 +108,34 @@ class TrainCollator:
                 recent, self.config.max_user_tokens
             )
         return batch
+
+
+ID_FIELDS = ("positive_ids", "negative_ids", "history_ids")  # a `TrainCollator` batch's fields for the loss only
+
+
+def step_loss(
+    model: RecsysBertModel,
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    item_log_frequency: torch.Tensor | None = None,
+    in_batch: bool = True,
+    impressions: bool = False,
+) -> torch.Tensor:
+    """The loss of one `TrainCollator` batch: the model's vectors against the step's candidates, with the repeat
+    bias on candidates from each sample's history.
+
+    Args:
+        item_log_frequency, in_batch: as in `shared_negatives_loss`.
+        impressions: each sample has its own negatives (MIND), scored by `per_sample_negatives_loss`.
+    """
+    output = model(**{key: value for key, value in batch.items() if key not in ID_FIELDS})
+    vectors = (output.user_vectors, output.positive_vectors, batch["positive_ids"], output.negative_vectors)
+    repeats = {"history_ids": batch["history_ids"], "repeat_bias": output.repeat_bias}
+    if impressions:
+        return per_sample_negatives_loss(*vectors, batch["negative_ids"], temperature, **repeats)
+    return shared_negatives_loss(
+        *vectors, batch["negative_ids"], temperature, in_batch, item_log_frequency=item_log_frequency, **repeats
+    )
 
 
 class StopRequest:
@@ -377,19 +406,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 # dropout masks depend only on (seed, process, epoch, micro-step): a resumed run draws the same ones
                 torch.manual_seed(hash((args.seed, accelerator.process_index, epoch, micro_step)) % 2**63)
                 with accelerator.accumulate(model):
-                    positive_ids, negative_ids = batch.pop("positive_ids"), batch.pop("negative_ids")
-                    output = model(**batch)
-                    vectors = (output.user_vectors, output.positive_vectors, positive_ids, output.negative_vectors)
-                    if data.is_impressions:
-                        loss = per_sample_negatives_loss(*vectors, negative_ids, config.temperature)
-                    else:
-                        loss = shared_negatives_loss(
-                            *vectors,
-                            negative_ids,
-                            config.temperature,
-                            in_batch=args.in_batch_negatives,
-                            item_log_frequency=item_log_frequency,
-                        )
+                    negatives = {"in_batch": args.in_batch_negatives, "impressions": data.is_impressions}
+                    loss = step_loss(model, batch, config.temperature, item_log_frequency, **negatives)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -398,7 +416,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                     optimizer.zero_grad()
                 window_loss += loss.detach()
                 window_batches += 1
-                window_samples += len(positive_ids)
+                window_samples += len(batch["positive_ids"])
                 if not accelerator.sync_gradients:
                     continue
                 state["global_step"] += 1

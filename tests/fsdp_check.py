@@ -28,9 +28,8 @@ from recsys_bert.catalogue import Catalogue  # noqa: E402
 from recsys_bert.config import DataArguments, TrainingArguments  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
 from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer  # noqa: E402
-from recsys_bert.losses import shared_negatives_loss  # noqa: E402
 from recsys_bert.model import RecsysBertConfig, RecsysBertModel  # noqa: E402
-from recsys_bert.training import TrainCollator, whole_parameters  # noqa: E402
+from recsys_bert.training import TrainCollator, step_loss, whole_parameters  # noqa: E402
 
 
 def main() -> None:
@@ -74,12 +73,7 @@ def main() -> None:
     for model in (whole, sharded):
         model.eval()  # gradients without dropout: both models take the very same step
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        step = {k: v for k, v in batch.items() if k not in ("positive_ids", "negative_ids")}
-        output = model(**step)
-        loss = shared_negatives_loss(
-            output.user_vectors, output.positive_vectors, batch["positive_ids"], output.negative_vectors,
-            batch["negative_ids"], config.temperature, item_log_frequency=(counts / counts.sum()).log().float(),
-        )  # fmt: skip
+        loss = step_loss(model, batch, config.temperature, (counts / counts.sum()).log().float())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from recsys_bert.config import parse_args, parse_recommend_args
 from recsys_bert.errors import InputError
 from recsys_bert.inference import load_model, read_users, recommend, top_k
 from recsys_bert.metrics import impression_metrics
+from recsys_bert.model import RecsysBertConfig, RecsysBertModel
 from recsys_bert.training import train
 from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
 
@@ -116,18 +118,25 @@ def test_second_run_hits_the_vector_cache(trained, tmp_path, monkeypatch):
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
 
 
-def test_chunked_ranking_equals_full_ranking():
+def test_chunked_ranking_equals_full_ranking(tiny):
     generator = torch.Generator().manual_seed(0)
-    users = torch.nn.functional.normalize(torch.randn(9, 8, generator=generator), dim=-1)
-    items = torch.nn.functional.normalize(torch.randn(53, 8, generator=generator), dim=-1)
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, temperature=0.1)).eval()
+    dim = model.config.encoder["hidden_size"]
+    users = torch.nn.functional.normalize(torch.randn(9, dim, generator=generator), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(53, dim, generator=generator), dim=-1)
     exclude = torch.randint(0, 53, (9, 6), generator=generator)
     exclude[0] = -1  # a user with nothing to exclude
+    history = torch.randint(-1, 53, (9, 5), generator=generator)  # the repeat term's items, -1 = padding
+    history[1, :2] = 17  # an item twice in a history gets the bias once
+    history[history == 5] = 6  # item 5 gets a copy below, which must tie with it
+    with torch.no_grad():
+        model.repeat_bias.fill_(-0.3)
     logits = users @ items.T / 0.1
+    rows = torch.arange(9)[:, None].expand_as(history)
+    logits[rows[history >= 0], history[history >= 0]] -= 3.0  # -0.3 / temperature
     rows = torch.arange(9)[:, None].expand_as(exclude)
     logits[rows[exclude >= 0], exclude[exclude >= 0]] = -torch.inf  # (users, items)
-
-    def score(u, i):
-        return u @ i.T / 0.1
+    score = partial(model.score, history_ids=history)
 
     expected_logits, expected_index = logits.topk(10, dim=1)
     for chunk in (1, 7, 10, 53, 1000):
@@ -141,7 +150,8 @@ def test_chunked_ranking_equals_full_ranking():
         got_logits, got_index, _ = top_k(users, copies, 54, score, None, 7, torch.full((9,), target))
         position = (got_index == target).nonzero()[:, 1]
         assert (got_index.gather(1, position[:, None] - 1).squeeze(1) == 58 - target).all()
-        torch.testing.assert_close(got_logits.gather(1, position[:, None]).squeeze(1), score(users, items[5:6])[:, 0])
+        expected = score(users, items[5:6], first_item=5)[:, 0]
+        torch.testing.assert_close(got_logits.gather(1, position[:, None]).squeeze(1), expected)
     everything, _, _ = top_k(users, items, 100, score, exclude, item_chunk_size=7)
     assert everything.shape == (9, 53) and torch.isinf(everything[1:, -1]).all()  # excluded items come last
     assert torch.isfinite(everything[0]).all()

@@ -71,3 +71,49 @@ def test_every_catalogue_item_as_negative_is_the_exact_full_softmax():
     loss = shared_negatives_loss(users, items[positives], positives, items, torch.arange(12), 0.05, in_batch=False)
     expected = torch.nn.functional.cross_entropy(users @ items.T / 0.05, positives)
     torch.testing.assert_close(loss, expected)
+
+
+def test_candidates_in_the_history_get_the_repeat_bias_that_ranking_gives_them(tiny):
+    """Training's logits are ranking's: `RecsysBertModel.score` with the same histories, full softmax."""
+    from recsys_bert.catalogue import Catalogue
+    from recsys_bert.config import TrainingArguments
+    from recsys_bert.model import RecsysBertConfig, RecsysBertModel
+    from recsys_bert.training import TrainCollator
+
+    catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
+    rows = [{"history": [1, 2, 3, 2], "target": 2}, {"history": [5], "target": 4}, {"history": [0, 9], "target": 11}]
+    config = RecsysBertConfig(encoder_name_or_path=tiny, max_history=5, temperature=0.05)
+    batch = TrainCollator(catalogue, config, TrainingArguments(num_negatives=-1, in_batch_negatives=False))(rows)
+    assert batch["history_ids"].tolist() == [[2, 3, 2, 1], [5, -1, -1, -1], [9, 0, -1, -1]]  # most recent first
+    model = RecsysBertModel.from_encoder(config)
+    with torch.no_grad():
+        model.repeat_bias.fill_(0.1)
+    generator = torch.Generator().manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(3, 32, generator=generator), dim=-1)  # (batch, dim)
+    items = torch.nn.functional.normalize(torch.randn(12, 32, generator=generator), dim=-1)  # (items, dim)
+    positives, history = batch["positive_ids"], batch["history_ids"]
+    loss = shared_negatives_loss(
+        users, items[positives], positives, items, torch.arange(12), 0.05, False, None, history, model.repeat_bias
+    )
+    logits = model.score(users, items, history)  # (batch, items)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, positives))
+    expected = users @ items.T / 0.05
+    expected[0, [1, 2, 3]] += 2.0  # 0.1 / temperature, once per item however often it was picked
+    expected[1, 5] += 2.0
+    expected[2, [0, 9]] += 2.0
+    torch.testing.assert_close(logits, expected)
+    loss.backward()
+    assert model.repeat_bias.grad.abs().item() > 0
+
+
+def test_per_sample_negatives_in_the_history_get_the_repeat_bias():
+    torch.manual_seed(0)
+    users, positives, negatives = torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 2, 4)
+    positive_ids, negative_ids = torch.tensor([1, 2]), torch.tensor([[5, -1], [6, 7]])
+    history_ids = torch.tensor([[5, 1], [8, -1]])  # row 0: a negative and the positive were picked before
+    bias = torch.tensor([-0.5])
+    loss = per_sample_negatives_loss(users, positives, positive_ids, negatives, negative_ids, 0.5, history_ids, bias)
+    row0 = torch.stack([users[0] @ positives[0] - 0.5, users[0] @ negatives[0, 0] - 0.5]) / 0.5
+    row1 = torch.cat([(users[1] @ positives[1])[None], negatives[1] @ users[1]]) / 0.5
+    expected = (F.cross_entropy(row0[None], torch.tensor([0])) + F.cross_entropy(row1[None], torch.tensor([0]))) / 2
+    torch.testing.assert_close(loss, expected)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -182,3 +183,24 @@ def test_bad_config_stops_with_one_line(tmp_path):
         result.stderr.strip()
         == f"error: {config}, line 2, field 'learning_rte': unknown setting (see --help for the settings)"
     )
+
+
+@pytest.mark.parametrize("repeaters", [False, True])
+def test_the_repeat_bias_learns_whether_users_pick_an_item_again(generic_files, tiny, tmp_path, repeaters):
+    """MovieLens users never rate a movie twice: the bias of history items turns negative. Users who alternate
+    between two items pick from their history every time: it turns positive."""
+    items, log = generic_files
+    if repeaters:
+        ratings = pd.read_csv(log)
+        rng = np.random.default_rng(0)
+        rows = []
+        for user in range(1, 41):
+            pair = rng.choice(ratings.item_id.unique(), 2, replace=False)
+            rows += [(user, pair[t % 2], 4.0, 1_000_000 + t) for t in range(12)]
+        log = tmp_path / "log.csv"
+        pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(log, index=False)
+    run = tmp_path / "run"
+    flags = ("--max_steps", "30", "--learning_rate", "5e-3", "--exclude_history", "false")
+    _train(tiny_train_args((items, log), tiny, run, *flags))
+    bias = load_file(run / "model.safetensors")["repeat_bias"].item()  # in cosine units, from 0
+    assert bias > 0.03 if repeaters else bias < -0.03
