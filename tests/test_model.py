@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
@@ -61,6 +62,18 @@ def test_save_and_load_give_identical_scores(tiny, tmp_path):
     items2 = loaded.encode_items(mask, input_ids=input_ids)
     users2 = loaded.encode_users(items2[torch.tensor([[2, 1], [0, 0]])], torch.tensor([[True, True], [True, False]]))
     assert torch.equal(model.score(users, items), loaded.score(users2, items2))
+    history = torch.tensor([[2, 1], [0, -1]])
+    with torch.no_grad():
+        model.repeat_bias.fill_(-0.25)
+    model.save_pretrained(tmp_path / "with_bias")
+    loaded = RecsysBertModel.from_pretrained(tmp_path / "with_bias").eval()
+    assert torch.equal(model.score(users, items, history), loaded.score(users, items, history))
+    # a model saved before the repeat bias existed loads with 0: its scores are the plain dot products
+    weights = load_file(tmp_path / "with_bias" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "repeat_bias"}, tmp_path / "with_bias" / "model.safetensors")
+    older = RecsysBertModel.from_pretrained(tmp_path / "with_bias").eval()
+    assert older.repeat_bias.item() == 0.0
+    torch.testing.assert_close(older.score(users, items, history), users @ items.T / model.config.temperature)
 
 
 def test_user_without_history_gets_a_finite_vector(tiny):
