@@ -116,11 +116,11 @@ def _with_repeat_bias(
     """`logits` `(batch, candidates)` plus `repeat_bias / temperature` where the candidate is in the row's history."""
     if history_ids is None or repeat_bias is None:
         return logits
-    padding = int(max(candidate_ids.max(), history_ids.max())) + 1  # a column that stands for "no item"
-    in_history = torch.zeros(len(logits), padding + 1, dtype=torch.bool, device=logits.device)  # (batch, ids + 1)
-    in_history.scatter_(1, history_ids.masked_fill(history_ids < 0, padding), True)
-    in_history[:, padding] = False
-    repeated = in_history.gather(1, candidate_ids.masked_fill(candidate_ids < 0, padding))  # (batch, candidates)
+    # (row, item) pairs as one key each, so that memory follows the step's candidates, not the catalogue's size
+    base = int(max(candidate_ids.max(), history_ids.max())) + 1
+    rows = torch.arange(len(logits), device=logits.device)[:, None] * base  # (batch, 1)
+    history_keys = (rows + history_ids)[history_ids >= 0]  # (history items,)
+    repeated = torch.isin(rows + candidate_ids, history_keys) & (candidate_ids >= 0)  # (batch, candidates)
     return logits + repeated * (repeat_bias / temperature)
 
 
