@@ -7,8 +7,8 @@ accelerate launch --num_processes 4 recommend.py --model runs/sci --config confi
 
 from __future__ import annotations
 
+from recsys_bert.arguments import parse_recommend_args
 from recsys_bert.cli import quiet_libraries, run_main
-from recsys_bert.config import parse_recommend_args
 
 
 def main() -> None:

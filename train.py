@@ -6,14 +6,14 @@ them all.
 
 from __future__ import annotations
 
+from recsys_bert.arguments import parse_args
 from recsys_bert.cli import quiet_libraries, run_main
-from recsys_bert.config import parse_args
 
 
 def main() -> None:
     model_args, data_args, training_args = parse_args()
     quiet_libraries()
-    from recsys_bert.training import train
+    from recsys_bert.trainer import train
 
     train(model_args, data_args, training_args)
 

@@ -43,12 +43,18 @@ from sentence_transformers import SentenceTransformer  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from recsys_bert.arguments import DataArguments  # noqa: E402
 from recsys_bert.catalogue import Catalogue  # noqa: E402
-from recsys_bert.config import DataArguments  # noqa: E402
+from recsys_bert.collators import EvalCollator  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
-from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer  # noqa: E402
-from recsys_bert.inference import load_model, quantize_int8  # noqa: E402
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path  # noqa: E402
+from recsys_bert.encoders import default_encoder_path  # noqa: E402
+from recsys_bert.evaluation import eval_loader, evaluate, model_scorer  # noqa: E402
+from recsys_bert.inference import quantize_int8  # noqa: E402
+from recsys_bert.modeling import (  # noqa: E402
+    RecsysBertConfig,
+    RecsysBertModel,
+    load_model,  # noqa: E402
+)
 
 METHODS = ("project", "sentence_transformers", "int8")
 

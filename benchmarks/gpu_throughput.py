@@ -39,11 +39,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from recsys_bert.arguments import parse_args  # noqa: E402
 from recsys_bert.catalogue import Catalogue  # noqa: E402
-from recsys_bert.config import parse_args  # noqa: E402
+from recsys_bert.collators import TrainCollator  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path  # noqa: E402
-from recsys_bert.training import TrainCollator, _parameter_groups, step_loss  # noqa: E402
+from recsys_bert.encoders import default_encoder_path  # noqa: E402
+from recsys_bert.losses import step_loss  # noqa: E402
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel  # noqa: E402
+from recsys_bert.trainer import parameter_groups  # noqa: E402
 
 # ../shared/device/README.md, H200, MiniLM-L6 (hidden 384), sequences/s
 README_CEILINGS = {32: {"train": 67400, "inference": 171000}, 64: {"train": 38800, "inference": 103000},
@@ -148,7 +151,7 @@ def project_training(model_args, data_args, train_args, args, device: torch.devi
     loader = DataLoader(data.train, batch_size=train_args.per_device_train_batch_size, shuffle=True, drop_last=True,
                         collate_fn=collator, generator=torch.Generator().manual_seed(train_args.seed))  # fmt: skip
     batches = iter(loader)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, train_args), lr=train_args.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, train_args), lr=train_args.learning_rate)
     counts = torch.as_tensor(data.train_item_counts, dtype=torch.float64) + 1.0
     item_log_frequency = (counts / counts.sum()).log().float().to(device)  # (items,)
     model.train()
@@ -157,7 +160,7 @@ def project_training(model_args, data_args, train_args, args, device: torch.devi
     def step():
         batch = {key: value.to(device, non_blocking=True) for key, value in next(batches).items()}
         with autocast(device):
-            loss = step_loss(model, batch, config.temperature, item_log_frequency, train_args.in_batch_negatives)
+            loss = step_loss(model, batch, config.score_temperature, item_log_frequency, train_args.in_batch_negatives)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
         optimizer.step()

@@ -90,12 +90,14 @@ def history_excluded_metrics(folder: Path, config: str, max_eval_users: int) -> 
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from recsys_bert.arguments import parse_recommend_args
     from recsys_bert.catalogue import Catalogue
-    from recsys_bert.config import parse_recommend_args
+    from recsys_bert.collators import EvalCollator
     from recsys_bert.data import load_data, tokenize_items
-    from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer
-    from recsys_bert.inference import catalogue_vectors, default_vector_cache, load_model
-    from recsys_bert.training import has_accelerator
+    from recsys_bert.distributed import has_accelerator
+    from recsys_bert.evaluation import eval_loader, evaluate, model_scorer
+    from recsys_bert.modeling import load_model
+    from recsys_bert.retrieval import catalogue_vectors, default_vector_cache
 
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=not has_accelerator())

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from recsys_bert.inference import top_k  # noqa: E402
+from recsys_bert.retrieval import top_k  # noqa: E402
 
 MIB = 2**20
 

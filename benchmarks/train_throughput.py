@@ -40,12 +40,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from recsys_bert.arguments import parse_args  # noqa: E402
 from recsys_bert.catalogue import Catalogue  # noqa: E402
-from recsys_bert.config import parse_args  # noqa: E402
+from recsys_bert.collators import TrainCollator  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
-from recsys_bert.losses import shared_negatives_loss  # noqa: E402
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path  # noqa: E402
-from recsys_bert.training import TrainCollator, _parameter_groups, step_loss  # noqa: E402
+from recsys_bert.encoders import default_encoder_path  # noqa: E402
+from recsys_bert.losses import shared_negatives_loss, step_loss  # noqa: E402
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel  # noqa: E402
+from recsys_bert.trainer import parameter_groups  # noqa: E402
 
 PHASES = ("collate", "forward", "backward", "optimizer")
 
@@ -284,12 +286,12 @@ def main() -> None:
         "naive": TrainCollator(tokens_only, config, naive_args),
     }
     models = {"project": model.train(), "naive": naive_model.train()}
-    optimizers = {k: torch.optim.AdamW(_parameter_groups(m, train_args), lr=train_args.learning_rate)
+    optimizers = {k: torch.optim.AdamW(parameter_groups(m, train_args), lr=train_args.learning_rate)
                   for k, m in models.items()}  # fmt: skip
     steps = {"project": project_step, "naive": naive_step}
     counts = torch.as_tensor(data.train_item_counts, dtype=torch.float64) + 1.0
     loss_kwargs = {
-        "temperature": config.temperature,
+        "temperature": config.score_temperature,
         "in_batch": train_args.in_batch_negatives,
         "item_log_frequency": (counts / counts.sum()).log().float(),  # (items,)
     }

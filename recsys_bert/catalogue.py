@@ -3,7 +3,6 @@ features of any set of items a batch needs."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import datasets
@@ -13,7 +12,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from recsys_bert.model import RecsysBertModel
+from recsys_bert.modeling import RecsysBertModel
+from recsys_bert.utils import atomic_path
 
 
 class Catalogue:
@@ -45,17 +45,17 @@ class Catalogue:
         folder = Path(items.cache_files[0]["filename"]).parent
         path = folder / f"padded-input-ids-{items._fingerprint}-{pad_token_id}.npy"
         if not path.is_file():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            padded = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(len(items), width))
-            row = 0
-            for chunk in column.chunks:  # (chunk items, width) at a time
-                block = np.full((len(chunk), width), pad_token_id, dtype=np.int32)
-                block[np.arange(width)[None, :] < lengths[row : row + len(chunk), None]] = chunk.flatten().to_numpy()
-                padded[row : row + len(chunk)] = block
-                row += len(chunk)
-            padded.flush()
-            del padded
-            os.replace(tmp, path)  # processes building it at once write the same bytes
+            with atomic_path(path) as tmp:  # processes building it at once write the same bytes
+                padded = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(len(items), width))
+                row = 0
+                for chunk in column.chunks:  # (chunk items, width) at a time
+                    block = np.full((len(chunk), width), pad_token_id, dtype=np.int32)
+                    in_item = np.arange(width)[None, :] < lengths[row : row + len(chunk), None]
+                    block[in_item] = chunk.flatten().to_numpy()
+                    padded[row : row + len(chunk)] = block
+                    row += len(chunk)
+                padded.flush()
+                del padded
         catalogue = cls([], pad_token_id)
         catalogue.lengths, catalogue.input_ids = lengths, np.load(path, mmap_mode="r")  # (items,), (items, tokens)
         return catalogue
@@ -71,14 +71,15 @@ class Catalogue:
         return input_ids, attention_mask
 
     def features(self, item_ids: np.ndarray) -> dict[str, torch.Tensor]:
-        """What `RecsysBertModel.encode_items` takes for these items: the cached frozen states when there are any."""
+        """What `RecsysBertModel.encode_items` takes for these items: their tokens, and their cached frozen states
+        when there are any."""
         input_ids, attention_mask = self.tokens(item_ids)  # (n, width)
-        if self.frozen_states is None:
-            return {"attention_mask": attention_mask, "input_ids": input_ids}
-        if self.frozen_states.dim() == 2:
-            return {"attention_mask": attention_mask, "frozen_states": self.frozen_states[item_ids]}  # (n, hidden)
-        frozen_states = self.frozen_states[item_ids, : input_ids.shape[1]]  # (n, width, hidden)
-        return {"attention_mask": attention_mask, "frozen_states": frozen_states}
+        features = {"attention_mask": attention_mask, "input_ids": input_ids}
+        if self.frozen_states is not None and self.frozen_states.dim() == 2:
+            features["frozen_states"] = self.frozen_states[item_ids]  # (n, hidden)
+        elif self.frozen_states is not None:
+            features["frozen_states"] = self.frozen_states[item_ids, : input_ids.shape[1]]  # (n, width, hidden)
+        return features
 
     def history_text_tokens(self, histories: list[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The 'text' user tower's input: [CLS] text_1 [SEP] text_2 [SEP] ... most recent first, cut at max_tokens.
@@ -119,8 +120,8 @@ class Catalogue:
         item order. The batches are those of a single process, so the outputs don't depend on the number of processes.
 
         Args:
-            fn: takes `attention_mask` and `input_ids` or `frozen_states` (what `features` gives; tokens only while
-                no frozen states are cached) and returns `(n, ...)` per-item outputs, e.g. `model.encode_items`.
+            fn: takes `attention_mask`, `input_ids` and, once cached, `frozen_states` (what `features` gives) and
+                returns `(n, ...)` per-item outputs, e.g. `model.encode_items`.
 
         Returns:
             `(items, ...)` float32 on the CPU; 3-D outputs padded to the catalogue's token width.

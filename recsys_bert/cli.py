@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from recsys_bert.errors import InputError, Interrupted
+from recsys_bert.utils import InputError, Interrupted
 
 
 def run_main(main: Callable[[], object]) -> None:

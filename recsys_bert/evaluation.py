@@ -16,51 +16,11 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from recsys_bert.catalogue import Catalogue
+from recsys_bert.collators import EvalCollator
 from recsys_bert.metrics import impression_metrics, ranking_metrics, target_ranks
-from recsys_bert.model import RecsysBertModel
+from recsys_bert.modeling import RecsysBertModel
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> (users, items) scores
-
-
-def _pad(rows: list[np.ndarray], width: int | None = None) -> torch.Tensor:
-    width = max([len(r) for r in rows] + [1]) if width is None else width
-    out = torch.full((len(rows), width), -1, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : min(len(r), width)] = torch.as_tensor(np.array(r[:width], copy=True), dtype=torch.long)
-    return out
-
-
-class EvalCollator:
-    """Batches of evaluation rows: the recent history (most recent first), the full history, the target(s)."""
-
-    def __init__(
-        self,
-        max_history: int,
-        full_history: bool = False,
-        catalogue: Catalogue | None = None,
-        max_user_tokens: int = 0,
-    ):
-        self.max_history = max_history
-        self.full_history = full_history  # only to exclude the history from the ranking
-        self.catalogue = catalogue  # only for the 'text' user tower
-        self.max_user_tokens = max_user_tokens
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        recent = [np.asarray(row["history"][-self.max_history :], dtype=np.int64)[::-1] for row in rows]
-        batch = {"history_ids": _pad(recent, self.max_history)}  # (users, max_history), -1 = padding
-        if self.full_history:
-            batch["full_history_ids"] = _pad([np.asarray(row["history"]) for row in rows])  # (users, longest)
-        if "candidates" in rows[0]:
-            batch["candidate_ids"] = _pad([np.asarray(row["candidates"]) for row in rows])  # (users, candidates)
-            batch["labels"] = _pad([np.asarray(row["labels"]) for row in rows])  # (users, candidates), -1 = padding
-        elif "target" in rows[0]:  # (ad-hoc users of recommend.py have none)
-            batch["target_ids"] = torch.tensor([row["target"] for row in rows], dtype=torch.long)  # (users,)
-        if self.catalogue is not None:
-            batch["user_input_ids"], batch["user_attention_mask"] = self.catalogue.history_text_tokens(
-                recent, self.max_user_tokens
-            )
-        return batch
 
 
 def eval_loader(

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,8 +17,9 @@ import torch
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
-from recsys_bert.errors import InputError
-from recsys_bert.model import RecsysBertModel, default_encoder_path
+from recsys_bert.encoders import default_encoder_path
+from recsys_bert.modeling import RecsysBertModel, load_model
+from recsys_bert.utils import InputError, atomic_path, write_text_atomic
 
 ITEM_ENCODER_FOLDER = "item_encoder"
 DEFAULT_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -82,19 +81,18 @@ def save_item_encoder(model: RecsysBertModel, tokenizer, target: Path) -> None:
     from transformers import AutoModel
 
     config = model.config
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_path(target, folder=True) as folder, tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         # the encoder with the pooler its class expects (zeros, unused): loading it reports no missing weights
         encoder = AutoModel.from_config(model.encoder.config)
         missing, _ = encoder.load_state_dict(model.encoder.state_dict(), strict=False)
         for name, param in encoder.named_parameters():
             if name in missing:
                 param.zero_()
-        encoder.save_pretrained(scratch / "encoder")
-        tokenizer.save_pretrained(scratch / "encoder")
+        encoder.save_pretrained(f"{scratch}/encoder")
+        tokenizer.save_pretrained(f"{scratch}/encoder")
         hidden = model.encoder.config.hidden_size
         modules = [
-            Transformer(str(scratch / "encoder"), max_seq_length=config.max_item_tokens),
+            Transformer(f"{scratch}/encoder", max_seq_length=config.max_item_tokens),
             Pooling(hidden, config.pooling),
         ]
         if config.projection_dim:
@@ -106,13 +104,9 @@ def save_item_encoder(model: RecsysBertModel, tokenizer, target: Path) -> None:
                       init_bias=second.bias.clone()),
             ]  # fmt: skip
         modules.append(Normalize())
-        SentenceTransformer(modules=modules, device="cpu").save(str(scratch / "st"))
-        for f in (scratch / "st").rglob("*"):
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+        for f in folder.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(scratch / "st", target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the model card
@@ -199,7 +193,7 @@ python recommend.py --model {name} --items items.csv --users users.jsonl --outpu
 ```
 
 ```python
-from recsys_bert.inference import load_model
+from recsys_bert.modeling import load_model
 
 model, tokenizer = load_model("{name}")
 texts = ["an item title", "another item"]
@@ -232,9 +226,7 @@ def write_model_card(folder: Path, repo_id: str | None = None) -> None:
     results = json.loads((folder / "metrics.json").read_text())
     settings = yaml.safe_load((folder / "config.yaml").read_text())
     model_config = json.loads((folder / "config.json").read_text())
-    tmp = folder / "README.md.tmp"
-    tmp.write_text(model_card(results, settings, model_config, repo_id), encoding="utf-8")
-    os.replace(tmp, folder / "README.md")
+    write_text_atomic(folder / "README.md", model_card(results, settings, model_config, repo_id))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,8 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     if not (folder / "item_encoder" / "modules.json").is_file() and (folder / "config.json").is_file():
-        from recsys_bert.inference import load_model
-
         model, tokenizer = load_model(str(folder))
         save_item_encoder(model, tokenizer, folder / ITEM_ENCODER_FOLDER)
     if (folder / "metrics.json").is_file() and (folder / "config.yaml").is_file():

@@ -17,6 +17,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
+from recsys_bert.collators import ID_FIELDS
+from recsys_bert.modeling import RecsysBertModel
+
 
 def _gather(tensor: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, int]:
     """All processes' `tensor` concatenated along dim 0, and this process's offset in it."""
@@ -133,3 +136,28 @@ def _masked_cross_entropy(
     masked = ((candidate_ids == positive_ids[:, None]) | (candidate_ids < 0)) & ~is_label  # (batch, candidates)
     logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits.float(), labels)
+
+
+def step_loss(
+    model: RecsysBertModel,
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    item_log_frequency: torch.Tensor | None = None,
+    in_batch: bool = True,
+    impressions: bool = False,
+) -> torch.Tensor:
+    """The loss of one `TrainCollator` batch: the model's vectors against the step's candidates, with the repeat
+    bias on candidates from each sample's history.
+
+    Args:
+        item_log_frequency, in_batch: as in `shared_negatives_loss`.
+        impressions: each sample has its own negatives (MIND), scored by `per_sample_negatives_loss`.
+    """
+    output = model(**{key: value for key, value in batch.items() if key not in ID_FIELDS})
+    vectors = (output.user_vectors, output.positive_vectors, batch["positive_ids"], output.negative_vectors)
+    repeats = {"history_ids": batch["history_ids"], "repeat_bias": output.repeat_bias}
+    if impressions:
+        return per_sample_negatives_loss(*vectors, batch["negative_ids"], temperature, **repeats)
+    return shared_negatives_loss(
+        *vectors, batch["negative_ids"], temperature, in_batch, item_log_frequency=item_log_frequency, **repeats
+    )

@@ -24,12 +24,14 @@ from torch.distributed.fsdp import fully_shard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recsys_bert.arguments import DataArguments, TrainingArguments  # noqa: E402
 from recsys_bert.catalogue import Catalogue  # noqa: E402
-from recsys_bert.config import DataArguments, TrainingArguments  # noqa: E402
+from recsys_bert.collators import EvalCollator, TrainCollator  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
-from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer  # noqa: E402
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel  # noqa: E402
-from recsys_bert.training import TrainCollator, step_loss, whole_parameters  # noqa: E402
+from recsys_bert.distributed import whole_parameters  # noqa: E402
+from recsys_bert.evaluation import eval_loader, evaluate, model_scorer  # noqa: E402
+from recsys_bert.losses import step_loss  # noqa: E402
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +49,8 @@ def main() -> None:
     torch.manual_seed(0)
     whole = RecsysBertModel.from_encoder(config).eval()
     sharded = copy.deepcopy(whole)
-    for layer in sharded.encoder.encoder.layer:  # TRANSFORMER_BASED_WRAP of BertLayer, then the root
+    wrapped = set(sharded._no_split_modules)  # what accelerate's TRANSFORMER_BASED_WRAP wraps: each encoder layer
+    for layer in [module for module in sharded.modules() if type(module).__name__ in wrapped]:
         fully_shard(layer)
     fully_shard(sharded)
     loader = eval_loader(data.test, EvalCollator(config.max_history), 16, accelerator)
@@ -73,7 +76,7 @@ def main() -> None:
     for model in (whole, sharded):
         model.eval()  # gradients without dropout: both models take the very same step
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        loss = step_loss(model, batch, config.temperature, (counts / counts.sum()).log().float())
+        loss = step_loss(model, batch, config.score_temperature, (counts / counts.sum()).log().float())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

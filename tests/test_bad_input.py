@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys_bert.arguments import DataArguments, parse_args
 from recsys_bert.cli import run_main
-from recsys_bert.config import DataArguments, parse_args
 from recsys_bert.data import load_data
-from recsys_bert.errors import InputError
+from recsys_bert.utils import InputError
 from tests import test_data
 from tests.test_data import _plain, _write
 

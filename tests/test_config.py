@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from recsys_bert.config import ALL_ARGUMENTS, parse_args
-from recsys_bert.errors import InputError
+from recsys_bert.arguments import ALL_ARGUMENTS, parse_args
+from recsys_bert.utils import InputError
 from tests.conftest import REPO_ROOT
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_bert import data as data_module
-from recsys_bert.config import DataArguments
-from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
-from recsys_bert.errors import InputError
+from recsys_bert.arguments import DataArguments
+from recsys_bert.data import RecData, format_skipped, load_data, loading, tokenize_items
+from recsys_bert.data import cache as data_cache
+from recsys_bert.utils import InputError
 
 ML_DIR = Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"
 MIND_TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
@@ -29,7 +29,7 @@ def _shared_folder(shared_data: Path, name: str) -> Path:
 
 def _plain(data: RecData) -> dict:
     """Everything in a `RecData` as plain Python values, for equality checks."""
-    tables = {table: getattr(data, table).to_dict() for table in data_module.TABLES}
+    tables = {table: getattr(data, table).to_dict() for table in data_cache.TABLES}
     return {**tables, "counts": data.train_item_counts.tolist(), "skipped": data.skipped, "name": data.name}
 
 
@@ -380,17 +380,17 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     assert (folder / "meta.json").is_file() and not folder.name.startswith(".")
     assert Path(first.items.cache_files[0]["filename"]).is_relative_to(folder)
 
-    parse = data_module._parse
+    parse = loading.parse
 
     def fail(*args, **kwargs):
         raise AssertionError("the source was parsed again")
 
-    monkeypatch.setattr(data_module, "_parse", fail)
+    monkeypatch.setattr(loading, "parse", fail)
     second = load_data(args, max_history=50)
     assert _plain(second) == _plain(first)
     assert Path(second.train.cache_files[0]["filename"]).is_relative_to(folder)
 
-    monkeypatch.setattr(data_module, "_parse", parse)
+    monkeypatch.setattr(loading, "parse", parse)
     (tmp_path / "log.csv").write_bytes(LOG + b"u1,i2,5\n")  # a changed source is parsed again
     assert len(load_data(args, max_history=50).train) == 2
     assert len(list(cache.iterdir())) == 2

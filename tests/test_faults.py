@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recsys_bert.config import parse_args
-from recsys_bert.errors import InputError
-from recsys_bert.inference import load_model
-from recsys_bert.training import train
+from recsys_bert.arguments import parse_args
+from recsys_bert.modeling import load_model
+from recsys_bert.trainer import train
+from recsys_bert.utils import InputError
 from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
 
 RUN = (

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from recsys_bert.config import DataArguments
+from recsys_bert.arguments import DataArguments
 from recsys_bert.data import RecData, load_data, load_items
-from recsys_bert.errors import InputError
+from recsys_bert.utils import InputError
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
 TEMPLATES = ("{title}", "{title}. {brand}")

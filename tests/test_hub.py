@@ -15,12 +15,11 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 
-from recsys_bert.config import parse_args
-from recsys_bert.errors import InputError
+from recsys_bert.arguments import parse_args
 from recsys_bert.hub import save_item_encoder
-from recsys_bert.inference import load_model
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel
-from recsys_bert.training import train
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model
+from recsys_bert.trainer import train
+from recsys_bert.utils import InputError
 from tests.conftest import REPO_ROOT, tiny_train_args
 
 REPO_ID = "me/recsys-bert-tiny"
@@ -149,7 +148,7 @@ def test_item_encoder_of_the_real_minilm_matches_sentence_transformers(tmp_path)
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from recsys_bert.model import default_encoder_path
+    from recsys_bert.encoders import default_encoder_path
 
     torch.manual_seed(0)
     model = RecsysBertModel.from_encoder(RecsysBertConfig(projection_dim=32, max_item_tokens=24)).eval()

@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_bert.arguments import parse_args, parse_recommend_args
 from recsys_bert.catalogue import Catalogue
-from recsys_bert.config import parse_args, parse_recommend_args
-from recsys_bert.errors import InputError
-from recsys_bert.inference import load_model, read_users, recommend, top_k
+from recsys_bert.inference import read_users, recommend
 from recsys_bert.metrics import impression_metrics
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel
-from recsys_bert.training import train
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model
+from recsys_bert.retrieval import top_k
+from recsys_bert.trainer import train
+from recsys_bert.utils import InputError
 from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
 
 
@@ -120,7 +121,7 @@ def test_second_run_hits_the_vector_cache(trained, tmp_path, monkeypatch):
 
 def test_chunked_ranking_equals_full_ranking(tiny):
     generator = torch.Generator().manual_seed(0)
-    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, temperature=0.1)).eval()
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, score_temperature=0.1)).eval()
     dim = model.config.encoder["hidden_size"]
     users = torch.nn.functional.normalize(torch.randn(9, dim, generator=generator), dim=-1)
     items = torch.nn.functional.normalize(torch.randn(53, dim, generator=generator), dim=-1)

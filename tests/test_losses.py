@@ -53,10 +53,10 @@ def test_logq_correction_subtracts_the_log_expected_count_of_each_candidate():
 
 def test_every_catalogue_item_as_negative_is_the_exact_full_softmax():
     """`--num_negatives -1`: the shared negatives are the whole catalogue, the positive among them counted once."""
+    from recsys_bert.arguments import TrainingArguments
     from recsys_bert.catalogue import Catalogue
-    from recsys_bert.config import TrainingArguments
-    from recsys_bert.model import RecsysBertConfig
-    from recsys_bert.training import TrainCollator
+    from recsys_bert.collators import TrainCollator
+    from recsys_bert.modeling import RecsysBertConfig
 
     catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
     rows = [{"history": [1, 2, 3], "target": 4}, {"history": [5], "target": 4}, {"history": [0, 9], "target": 11}]
@@ -75,14 +75,14 @@ def test_every_catalogue_item_as_negative_is_the_exact_full_softmax():
 
 def test_candidates_in_the_history_get_the_repeat_bias_that_ranking_gives_them(tiny):
     """Training's logits are ranking's: `RecsysBertModel.score` with the same histories, full softmax."""
+    from recsys_bert.arguments import TrainingArguments
     from recsys_bert.catalogue import Catalogue
-    from recsys_bert.config import TrainingArguments
-    from recsys_bert.model import RecsysBertConfig, RecsysBertModel
-    from recsys_bert.training import TrainCollator
+    from recsys_bert.collators import TrainCollator
+    from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
 
     catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
     rows = [{"history": [1, 2, 3, 2], "target": 2}, {"history": [5], "target": 4}, {"history": [0, 9], "target": 11}]
-    config = RecsysBertConfig(encoder_name_or_path=tiny, max_history=5, temperature=0.05)
+    config = RecsysBertConfig(encoder_name_or_path=tiny, max_history=5, score_temperature=0.05)
     batch = TrainCollator(catalogue, config, TrainingArguments(num_negatives=-1, in_batch_negatives=False))(rows)
     assert batch["history_ids"].tolist() == [[2, 3, 2, 1], [5, -1, -1, -1], [9, 0, -1, -1]]  # most recent first
     model = RecsysBertModel.from_encoder(config)

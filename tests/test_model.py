@@ -6,7 +6,8 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
-from recsys_bert.model import RecsysBertConfig, RecsysBertModel, default_encoder_path
+from recsys_bert.encoders import default_encoder_path
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
 from tests.tiny import make_tiny_encoder
 
 TEXTS = ["Toy Story (1995). Adventure, Animation", "Heat (1995). Action, Crime, Thriller", "Up"]
@@ -33,7 +34,7 @@ def test_cached_frozen_states_give_the_same_vectors(tiny, finetune_layers):
     if finetune_layers < 0:
         assert frozen is None  # nothing frozen, nothing to cache
     else:
-        assert torch.allclose(direct, model.encode_items(mask, frozen_states=frozen), atol=1e-6)
+        assert torch.allclose(direct, model.encode_items(mask, input_ids=input_ids, frozen_states=frozen), atol=1e-6)
     trainable = {
         name.split(".")[3]
         for name, p in model.named_parameters()
@@ -73,7 +74,7 @@ def test_save_and_load_give_identical_scores(tiny, tmp_path):
     save_file({k: v for k, v in weights.items() if k != "repeat_bias"}, tmp_path / "with_bias" / "model.safetensors")
     older = RecsysBertModel.from_pretrained(tmp_path / "with_bias").eval()
     assert older.repeat_bias.item() == 0.0
-    torch.testing.assert_close(older.score(users, items, history), users @ items.T / model.config.temperature)
+    torch.testing.assert_close(older.score(users, items, history), users @ items.T / model.config.score_temperature)
 
 
 def test_user_without_history_gets_a_finite_vector(tiny):
@@ -92,10 +93,8 @@ def test_real_packaged_minilm_loads_offline_and_matches_sentence_transformers():
     assert ours[0] @ ours[1] < 0.9  # real weights: different movies, different vectors
 
 
-def test_other_bert_layout_encoders_work_and_others_get_a_clear_error(tmp_path):
-    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
-
-    from recsys_bert.errors import InputError
+def test_a_roberta_encoder_with_its_own_padding_id_caches_exactly(tmp_path):
+    from transformers import RobertaConfig, RobertaModel
 
     roberta = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, pad_token_id=0)  # fmt: skip
@@ -104,19 +103,15 @@ def test_other_bert_layout_encoders_work_and_others_get_a_clear_error(tmp_path):
         RecsysBertConfig(encoder_name_or_path=str(tmp_path / "roberta"), finetune_layers=1)
     ).eval()
     input_ids, mask = _tokens(default_encoder_path())
-    cached = model.encode_items(mask, frozen_states=model.frozen_states(input_ids + 2, mask))
+    cached = model.encode_items(mask, input_ids=input_ids + 2, frozen_states=model.frozen_states(input_ids + 2, mask))
     assert torch.allclose(model.encode_items(mask, input_ids=input_ids + 2), cached, atol=1e-6)
-
-    DistilBertModel(DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(tmp_path / "d")
-    with pytest.raises(InputError, match="DistilBertModel: not a BERT-layout encoder"):
-        RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path / "d")))
 
 
 def test_catalogue_of_a_table_on_disk_is_memory_mapped_and_equal_to_one_in_memory():
     import numpy as np
 
+    from recsys_bert.arguments import DataArguments
     from recsys_bert.catalogue import Catalogue
-    from recsys_bert.config import DataArguments
     from recsys_bert.data import load_data, tokenize_items
     from tests.conftest import REPO_ROOT
 
@@ -149,7 +144,7 @@ def test_a_steps_items_in_length_sorted_sub_batches_equal_one_padded_batch(tiny,
     input_ids = torch.randint(1000, 20000, (600, 40), generator=generator) * mask
     frozen = model.frozen_states(input_ids, mask)  # None when every layer trains
     whole = model.encode_items(mask, input_ids=input_ids, frozen_states=frozen)
-    split = model._encode_step_items(mask, None if frozen is not None else input_ids, frozen)
+    split = model._encode_step_items(mask, input_ids, frozen)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
 
 
@@ -177,7 +172,7 @@ def test_an_encoder_that_needs_its_own_code_is_refused_without_running_it(tiny, 
     import json
     import shutil
 
-    from recsys_bert.errors import InputError
+    from recsys_bert.utils import InputError
 
     shutil.copytree(tiny, tmp_path, dirs_exist_ok=True)
     config = json.loads((tmp_path / "config.json").read_text())

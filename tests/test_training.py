@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recsys_bert.config import parse_args
-from recsys_bert.training import train
+from recsys_bert.arguments import parse_args
+from recsys_bert.trainer import train
 from tests.conftest import REPO_ROOT, tiny_train_args
 
 ML = REPO_ROOT / "data" / "ml-latest-small"
@@ -101,9 +101,10 @@ def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tin
     from transformers import AutoTokenizer
 
     from recsys_bert.catalogue import Catalogue
+    from recsys_bert.collators import EvalCollator
     from recsys_bert.data import load_data, tokenize_items
-    from recsys_bert.evaluation import EvalCollator, eval_loader, evaluate, model_scorer
-    from recsys_bert.model import RecsysBertModel
+    from recsys_bert.evaluation import eval_loader, evaluate, model_scorer
+    from recsys_bert.modeling import RecsysBertModel
 
     extra = ("--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
     argv = tiny_train_args(generic_files, tiny, tmp_path, *extra)

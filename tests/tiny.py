@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from recsys_bert.model import default_encoder_path
+from recsys_bert.encoders import default_encoder_path
 
 
 def make_tiny_encoder(path: Path, seed: int = 0) -> str:

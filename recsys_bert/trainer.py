@@ -1,0 +1,472 @@
+"""Fine-tuning with Accelerate. `Trainer` runs the loop in the order of accelerate's `gradient_accumulation.py`
+example (data mapped on the main process first, `prepare`, steps counted after `prepare` on `sync_gradients`, tqdm on
+the local main process, `gather_for_metrics` in evaluation), validates, keeps the best model, checkpoints, stops
+cleanly on a signal, and writes the output folder (model, metrics, config, model card, item tower).
+
+Its state between steps is a `TrainerState`, saved in every checkpoint, so a resumed run continues exactly where the
+interrupted one was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_scheduler
+
+from recsys_bert.arguments import DataArguments, ModelArguments, TrainingArguments, settings_dict
+from recsys_bert.catalogue import Catalogue
+from recsys_bert.checkpoints import (
+    BEST_MODEL_FOLDER,
+    CHECKPOINT_PREFIX,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from recsys_bert.cli import configure_logging
+from recsys_bert.collators import EvalCollator, TrainCollator
+from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
+from recsys_bert.distributed import any_process, has_accelerator, whole_parameters
+from recsys_bert.encoders import default_encoder_path
+from recsys_bert.evaluation import eval_loader, evaluate, mean_history_scorer, model_scorer, popularity_scorer
+from recsys_bert.hub import ITEM_ENCODER_FOLDER, push_to_hub, save_item_encoder, write_model_card
+from recsys_bert.losses import step_loss
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, save_model
+from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    """What a run has done so far; `trainer_state.json` of every checkpoint."""
+
+    global_step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)  # every validation: step, metrics, seconds since the launch
+
+
+class StopRequest:
+    """SIGTERM or Ctrl-C while training: the step finishes, a checkpoint is saved, the run stops (`Interrupted`).
+
+    A second Ctrl-C stops at once. Every process stops at the same step when any of them got the signal.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        return any_process(accelerator, self.signum is not None)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    """Loads the data, fine-tunes, evaluates and saves; returns what is written to `metrics.json`."""
+    return Trainer(model_args, data_args, args).train()
+
+
+class Trainer:
+    """One training run: set up in `__init__` (data, model, the prepared loaders, optimizer and schedule), run by
+    `train`."""
+
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments):
+        self.output_dir = Path(args.output_dir)
+        check_output_dir(self.output_dir)
+        if args.push_to_hub and not args.hub_model_id:
+            raise InputError("push_to_hub: set hub_model_id (e.g. me/recsys-bert-movielens)")
+        self.accelerator = accelerator = Accelerator(
+            cpu=not has_accelerator(),  # so that torchrun on CPUs starts a gloo process group
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        configure_logging(accelerator)
+        args = dataclasses.replace(args, mixed_precision=accelerator.mixed_precision)  # recorded as run, not as asked
+        self.model_args, self.data_args, self.args = model_args, data_args, args
+        set_seed(args.seed)
+        start = time.perf_counter()
+
+        # ---- data: loaded and tokenized once, by the main process first (the others read its cache) ----
+        self.tokenizer = load_tokenizer(model_args.encoder_name_or_path or default_encoder_path())
+        with accelerator.main_process_first():
+            self.data = data = load_data(data_args, max_history=model_args.max_history, seed=args.seed)
+            items = tokenize_items(data.items, self.tokenizer, model_args.max_item_tokens)
+        if accelerator.is_main_process:
+            logger.info("Skipped while loading %s: %s", data.name, format_skipped(data.skipped).replace("\n", "; "))
+        _check_metric_name(args, data)
+        if len(data.train) == 0:
+            raise InputError(f"{data.name}: no training rows (see what was skipped above); nothing to train on")
+        self.catalogue = Catalogue.from_items(items, self.tokenizer.pad_token_id)
+
+        self.config = config = RecsysBertConfig(**vars(model_args))
+        model = RecsysBertModel.from_encoder(config).to(accelerator.device)
+        self.catalogue.compute_frozen_states(model, accelerator, args.per_device_eval_batch_size)
+
+        # ---- prepare, then the number of steps of the sharded loader, then the schedule ----
+        train_loader = DataLoader(
+            data.train,
+            batch_size=args.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=TrainCollator(self.catalogue, config, args),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=True,
+        )
+        optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate)
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        self.steps_per_epoch = max(1, len(self.train_loader) // args.gradient_accumulation_steps)
+        self.max_steps = (
+            args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * self.steps_per_epoch)
+        )
+        scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            self.optimizer,  # the prepared scheduler steps once per process per step
+            num_warmup_steps=int(args.warmup_ratio * self.max_steps) * accelerator.num_processes,
+            num_training_steps=self.max_steps * accelerator.num_processes,
+        )
+        self.scheduler = accelerator.prepare(scheduler)
+        eval_collator = EvalCollator(
+            config.max_history,
+            full_history=args.exclude_history,
+            catalogue=self.catalogue if config.user_tower == "text" else None,
+            max_user_tokens=config.max_user_tokens,
+        )
+        batch_size = args.per_device_eval_batch_size
+        self.valid_loader = eval_loader(data.valid, eval_collator, batch_size, accelerator)
+        self.test_loader = eval_loader(data.test, eval_collator, batch_size, accelerator)
+        self.summary = self._summary(start)
+        self.state = TrainerState()
+
+    def _summary(self, start: float) -> dict:
+        """The run's size and setting, logged at the start and written to `metrics.json`."""
+        unwrapped, args, data = self.accelerator.unwrap_model(self.model), self.args, self.data
+        return {
+            "data": data.name,
+            "items": len(data.items),
+            "users": len(set(data.test["user_id"])),
+            # each test row holds the user's history before the target (capped at 50 by atomic files)
+            "interactions": sum(len(h) for h in data.test["history"]) + len(data.test),
+            "train_samples": len(data.train),
+            "test_rows": len(data.test),
+            "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in unwrapped.parameters()),
+            "effective_batch_size": args.per_device_train_batch_size
+            * self.accelerator.num_processes
+            * args.gradient_accumulation_steps,
+            "max_steps": self.max_steps,
+            "processes": self.accelerator.num_processes,
+            "distributed_type": self.accelerator.distributed_type.value,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "setup_seconds": round(time.perf_counter() - start, 1),
+        }
+
+    def _evaluate(self, scorer, loader, description: str) -> dict:
+        args = self.args
+        return evaluate(scorer, loader, self.accelerator, args.eval_ks, args.exclude_history, description)
+
+    # ---- the run ----
+
+    def train(self) -> dict:
+        accelerator, args = self.accelerator, self.args
+        if accelerator.is_main_process:
+            logger.info("Run: %s", json.dumps(self.summary, ensure_ascii=False))
+        scalars = (int, float, str, bool)
+        settings = settings_dict(self.model_args, self.data_args, args)
+        accelerator.init_trackers("train", config={k: v for k, v in settings.items() if isinstance(v, scalars)})
+        baselines = self._baselines() if args.run_baselines else {}
+        if args.resume_from_checkpoint:
+            self._resume(args.resume_from_checkpoint)
+        loop_start = time.perf_counter()
+        self._loop(loop_start)
+        self.summary["train_seconds"] = round(time.perf_counter() - loop_start, 1)  # steps and validations
+        return self._finish(baselines)
+
+    def _baselines(self) -> dict:
+        """Popularity and the untrained encoder (zero-shot: user = mean of the history's item vectors) on test."""
+        data, accelerator = self.data, self.accelerator
+        baselines = {"popularity": self._evaluate(popularity_scorer(data.train_item_counts, accelerator.device),
+                                                  self.test_loader, "Popularity")}  # fmt: skip
+        with whole_parameters(self.model):
+            vectors = zero_shot_item_vectors(
+                accelerator.unwrap_model(self.model), self.catalogue, accelerator, self.args.per_device_eval_batch_size
+            )
+        baselines["zero_shot"] = self._evaluate(mean_history_scorer(vectors), self.test_loader, "Zero-shot")
+        return baselines
+
+    def _resume(self, which: str) -> None:
+        checkpoint = find_checkpoint(self.output_dir, which)
+        if checkpoint is None:
+            logger.info("No complete checkpoint in %s: starting from scratch", self.output_dir)
+            return
+        self.state = TrainerState(**load_checkpoint(self.accelerator, checkpoint, self.output_dir))
+        logger.info("Resumed from %s at step %d", checkpoint, self.state.global_step)
+
+    def _loop(self, loop_start: float) -> None:
+        accelerator, args, state = self.accelerator, self.args, self.state
+        counts = torch.as_tensor(self.data.train_item_counts, dtype=torch.float64) + 1.0  # +1: items never a target
+        self.item_log_frequency = (counts / counts.sum()).log().float().to(accelerator.device)  # (items,)
+        self.progress = tqdm(total=self.max_steps, initial=state.global_step, desc="Training",
+                             disable=not accelerator.is_local_main_process)  # fmt: skip
+        self.window = {"loss": torch.zeros((), device=accelerator.device), "batches": 0, "samples": 0,
+                       "start": time.perf_counter()}  # fmt: skip
+        first_epoch = state.global_step // self.steps_per_epoch
+        num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        stop = state.global_step >= self.max_steps
+        with StopRequest() as stop_request:
+            for epoch in range(first_epoch, num_epochs):
+                if stop:
+                    break
+                self.model.train()
+                self.train_loader.set_epoch(epoch)
+                skip = (state.global_step - epoch * self.steps_per_epoch) * args.gradient_accumulation_steps
+                loader = accelerator.skip_first_batches(self.train_loader, skip) if skip > 0 else self.train_loader
+                for micro_step, batch in enumerate(loader, start=skip):
+                    # dropout masks depend only on (seed, process, epoch, micro-step): a resumed run draws the same
+                    torch.manual_seed(hash((args.seed, accelerator.process_index, epoch, micro_step)) % 2**63)
+                    self._micro_step(batch)
+                    if not accelerator.sync_gradients:
+                        continue
+                    state.global_step += 1
+                    self.progress.update(1)
+                    if stop_request.requested(accelerator):
+                        self._stop(stop_request.signum or signal.SIGTERM)
+                    stop = self._after_step(state.global_step, loop_start)
+                    if stop:
+                        break
+        self.progress.close()
+
+    def _micro_step(self, batch: dict) -> None:
+        accelerator, args = self.accelerator, self.args
+        with accelerator.accumulate(self.model):
+            negatives = {"in_batch": args.in_batch_negatives, "impressions": self.data.is_impressions}
+            temperature = self.config.score_temperature
+            loss = step_loss(self.model, batch, temperature, self.item_log_frequency, **negatives)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        self.window["loss"] += loss.detach()
+        self.window["batches"] += 1
+        self.window["samples"] += len(batch["positive_ids"])
+
+    def _after_step(self, step: int, loop_start: float) -> bool:
+        """Logging, validation and checkpoint after optimizer step `step`; True when training should stop."""
+        accelerator, args, state = self.accelerator, self.args, self.state
+        if step % args.logging_steps == 0 or step == self.max_steps:
+            self._log(step)
+        out_of_time = args.max_train_minutes > 0 and any_process(
+            accelerator, time.perf_counter() - loop_start >= 60 * args.max_train_minutes
+        )
+        if out_of_time:
+            logger.info("Time budget of %s minutes spent at step %d", args.max_train_minutes, step)
+        stop = step >= self.max_steps or out_of_time
+        if (args.eval_steps > 0 and step % args.eval_steps == 0) or stop:
+            self._validate(step, loop_start)
+            patience = args.early_stopping_patience
+            if patience and state.evals_without_improvement >= patience:
+                logger.info("Early stopping at step %d (best at step %s)", step, state.best_step)
+                stop = True
+        if args.save_steps > 0 and step % args.save_steps == 0:
+            self._checkpoint()
+        return stop
+
+    def _log(self, step: int) -> None:
+        accelerator, window = self.accelerator, self.window
+        elapsed = time.perf_counter() - window["start"]
+        logs = {
+            "train/loss": accelerator.reduce(window["loss"], reduction="mean").item() / window["batches"],
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/samples_per_second": window["samples"] * accelerator.num_processes / max(elapsed, 1e-9),
+            "train/epoch": step / self.steps_per_epoch,
+        }
+        accelerator.log(logs, step=step)
+        self.progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+        window["loss"].zero_()
+        window.update(batches=0, samples=0, start=time.perf_counter())
+
+    def _stop(self, signum: int) -> None:
+        """A signal arrived: checkpoint and stop with `Interrupted`."""
+        self._checkpoint()
+        self.progress.close()
+        step = self.state.global_step
+        raise Interrupted(
+            f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved in "
+            f"{self.output_dir / f'{CHECKPOINT_PREFIX}{step}'}; continue with --resume_from_checkpoint latest",
+            128 + signum,
+        )
+
+    def _checkpoint(self) -> None:
+        state = dataclasses.asdict(self.state)
+        save_checkpoint(self.accelerator, self.output_dir, self.state.global_step, state, self.args.save_total_limit)
+
+    def _validate(self, step: int, loop_start: float) -> None:
+        """Validation metrics at `step`, recorded in the state; the best model so far saved to `best_model/`."""
+        accelerator, args, state = self.accelerator, self.args, self.state
+        unwrapped = accelerator.unwrap_model(self.model)
+        with whole_parameters(self.model):
+            item_vectors = self.catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
+            metrics = self._evaluate(model_scorer(unwrapped, item_vectors, accelerator), self.valid_loader,
+                                     "Validating")  # fmt: skip
+        self.model.train()
+        accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=step)
+        value = metrics[args.metric_for_best_model]
+        state.history.append({"step": step, "metrics": metrics, "seconds": round(time.perf_counter() - loop_start, 1)})
+        if state.best_metric is not None and value <= state.best_metric:
+            state.evals_without_improvement += 1
+            logger.info("Step %d: valid %s = %.4f (best %.4f at step %d)", step, args.metric_for_best_model, value,
+                        state.best_metric, state.best_step)  # fmt: skip
+            return
+        state.best_metric, state.best_step, state.evals_without_improvement = value, step, 0
+        logger.info("Step %d: valid %s = %.4f (best)", step, args.metric_for_best_model, value)
+        state_dict = accelerator.get_state_dict(self.model)  # every process: FSDP gathers its shards
+        if accelerator.is_main_process:
+            save_model(unwrapped, self.tokenizer, self.output_dir / BEST_MODEL_FOLDER, state_dict)
+        accelerator.wait_for_everyone()
+
+    def _finish(self, baselines: dict) -> dict:
+        """The best model on test, in a plain model (not sharded by FSDP); everything written atomically."""
+        accelerator, args, state, output_dir = self.accelerator, self.args, self.state, self.output_dir
+        best_dir = output_dir / BEST_MODEL_FOLDER
+        best_weights = best_dir / "model.safetensors"
+        state_dict = load_file(best_weights) if best_weights.exists() else accelerator.get_state_dict(self.model)
+        best_model = RecsysBertModel(self.config)
+        best_model.load_state_dict(state_dict)
+        best_model.to(accelerator.device)
+        item_vectors = self.catalogue.item_vectors(best_model, accelerator, args.per_device_eval_batch_size)
+        test_metrics = self._evaluate(model_scorer(best_model, item_vectors, accelerator), self.test_loader, "Test")
+        valid_metrics = next((h["metrics"] for h in state.history if h["step"] == state.best_step), {})
+        results = {
+            "valid": valid_metrics,
+            "test": test_metrics,
+            "baselines": baselines,
+            "history": state.history,  # every validation: step, seconds since this launch's first step, metrics
+            "protocol": {
+                "data": self.data.name,
+                "ranking": "impressions" if self.data.is_impressions else "full catalogue",
+                "items": len(self.data.items),
+                "history_excluded": bool(args.exclude_history),
+                "ties": "broken against the target",
+                "best_step": state.best_step,
+                "steps": state.global_step,
+                "metric_for_best_model": args.metric_for_best_model,
+            },
+            "run": self.summary,
+        }
+        accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
+        if accelerator.is_main_process:
+            save_model(best_model, self.tokenizer, output_dir)
+            write_json_atomic(output_dir / "metrics.json", results)
+            settings = settings_dict(self.model_args, self.data_args, args)
+            config_yaml = yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
+            write_text_atomic(output_dir / "config.yaml", config_yaml)
+            shutil.rmtree(best_dir, ignore_errors=True)
+            save_item_encoder(best_model, self.tokenizer, output_dir / ITEM_ENCODER_FOLDER)
+            write_model_card(output_dir, args.hub_model_id)
+            shown = {k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}
+            logger.info("Test: %s", json.dumps(shown))
+            if args.push_to_hub:
+                self._push()
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return results
+
+    def _push(self) -> None:
+        args, output_dir = self.args, self.output_dir
+        try:
+            logger.info("Pushed to the Hub: %s", push_to_hub(output_dir, args.hub_model_id, args.hub_private))
+        except Exception as err:  # whatever failed, the trained model is saved: say how to push it again
+            raise InputError(
+                f"push to {args.hub_model_id} failed ({type(err).__name__}: {one_line(err)}); the model is saved in "
+                f"{output_dir}: push it with python -m recsys_bert.hub {output_dir} --hub_model_id {args.hub_model_id}"
+            ) from None
+
+
+def load_tokenizer(name_or_path: str):
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{name_or_path}: can't load a tokenizer from it ({one_line(err)})") from None
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{output_dir}: output folder can't be written ({err.strerror})") from None
+
+
+def _check_metric_name(args: TrainingArguments, data: RecData) -> None:
+    """Fails before training when `metric_for_best_model` is not a metric that validation reports."""
+    if data.is_impressions:
+        names = ["auc", "mrr", "ndcg@5", "ndcg@10"]
+    else:
+        names = [f"{m}@{k}" for k in args.eval_ks for m in ("ndcg", "recall", "precision", "mrr")] + ["mrr"]
+    if args.metric_for_best_model not in names:
+        raise InputError(f"metric_for_best_model: {args.metric_for_best_model!r} is not one of {', '.join(names)}")
+
+
+def parameter_groups(model: RecsysBertModel, args: TrainingArguments) -> list[dict]:
+    """Encoder layers at `encoder_learning_rate`, the new layers at `learning_rate`; no decay on biases and norms."""
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = args.encoder_learning_rate if name.startswith("encoder.") else args.learning_rate
+        decay = 0.0 if param.dim() < 2 else args.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+@torch.no_grad()
+def zero_shot_item_vectors(model: RecsysBertModel, catalogue: Catalogue, accelerator: Accelerator, batch_size: int):
+    """The untrained encoder's unit item vectors (pooling only, no projection): the zero-shot baseline."""
+    was_training = model.training
+    model.eval()
+
+    def encode(**features):
+        return torch.nn.functional.normalize(model.encode_texts(**features), dim=-1)  # (n, hidden)
+
+    vectors = catalogue.encode(encode, accelerator, batch_size, "Zero-shot items")
+    model.train(was_training)
+    return vectors.to(accelerator.device)
