@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh machine (set-up included):
 #   make demo   - train + evaluate on the shipped MovieLens data (data/ml-latest-small)
-#   make test   - the whole test suite (what CI runs)
+#   make test   - the whole test suite (what CI runs, then make test-latest)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test lint clean
+LATEST := .venv-latest
+
+.PHONY: setup demo test test-latest lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,8 +28,18 @@ demo: setup
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider
 
+# the newest releases inside pyproject.toml's ranges, as a plain `pip install` gives them (torch pinned first),
+# through the end-to-end tests: training with save and reload, recommend.py, the Hub export
+test-latest:
+	rm -rf $(LATEST) && python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q torch==2.13.0
+	$(LATEST)/bin/python -m pip install -q -e ".[dev]"
+	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^(transformers|accelerate|datasets|sentence.transformers|huggingface.hub|tokenizers|numpy|pandas|pyarrow)=='
+	$(OFFLINE) $(LATEST)/bin/python -m pytest -q -p no:cacheprovider -m latest
+
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf runs $(VENV)
+	rm -rf runs $(VENV) $(LATEST)

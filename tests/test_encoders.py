@@ -77,6 +77,7 @@ def _tokens(folder: str, max_length: int = 32) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
+@pytest.mark.latest
 @pytest.mark.parametrize("finetune_layers", [0, 1, 3, -1])
 def test_item_vectors_equal_sentence_transformers_and_the_cache_changes_nothing(encoder_folder, finetune_layers):
     config = RecsysBertConfig(encoder_name_or_path=encoder_folder, finetune_layers=finetune_layers, pooling=None)
@@ -174,6 +175,7 @@ MPNET = Path(os.environ.get("RECSYS_BERT_MPNET") or REPO_ROOT / ".cache" / "all-
     not (MPNET / "model.safetensors").is_file(),
     reason=f"all-mpnet-base-v2 not found at {MPNET}: python benchmarks/fetch_mpnet.py fetches it (440 MB)",
 )
+@pytest.mark.latest
 def test_real_all_mpnet_base_v2_matches_sentence_transformers_split_or_whole():
     tokens = _tokens(str(MPNET), max_length=64)
     expected = SentenceTransformer(str(MPNET), device="cpu").encode(TEXTS, convert_to_tensor=True)

@@ -56,6 +56,7 @@ def _texts(items_file: Path, n: int) -> list[str]:
     return [f"{title}. {genres}" for title, genres in zip(movies.title, movies.genres)]
 
 
+@pytest.mark.latest
 def test_push_uploads_a_self_contained_model_that_loads_back_from_the_hub_cache(
     generic_files, tiny, tmp_path, monkeypatch
 ):

@@ -83,6 +83,7 @@ def test_user_without_history_gets_a_finite_vector(tiny):
     assert torch.isfinite(users).all() and torch.allclose(users.norm(dim=-1), torch.ones(2))
 
 
+@pytest.mark.latest
 def test_real_packaged_minilm_loads_offline_and_matches_sentence_transformers():
     model = RecsysBertModel.from_encoder(RecsysBertConfig()).eval()
     assert model.encoder.config.hidden_size == 384 and len(model.encoder.encoder.layer) == 6
@@ -184,3 +185,29 @@ def test_an_encoder_that_needs_its_own_code_is_refused_without_running_it(tiny, 
     with pytest.raises(InputError, match="custom code"):
         RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=str(tmp_path)))
     assert not marker.exists()
+
+
+@pytest.mark.latest
+def test_config_names_stay_clear_of_what_transformers_reserves(tmp_path):
+    """transformers 5.24 refuses to save a config that holds a generation parameter (`temperature` was one): no
+    field of ours is a generation parameter or a `PretrainedConfig` attribute, and the old name still loads."""
+    import dataclasses
+    import inspect
+    import json
+
+    from transformers import GenerationConfig, PretrainedConfig
+
+    from recsys_bert.arguments import ModelArguments
+
+    reserved = set(GenerationConfig().to_dict()) | set(vars(PretrainedConfig())) | set(dir(PretrainedConfig))
+    ours = set(inspect.signature(RecsysBertConfig.__init__).parameters) - {"self", "kwargs"}
+    assert ours >= {f.name for f in dataclasses.fields(ModelArguments)}
+    assert not ours & reserved, ours & reserved
+    RecsysBertConfig(encoder={"model_type": "bert"}).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.pop("score_temperature")
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "temperature": 0.2}))  # as models were saved before
+    old = RecsysBertConfig.from_pretrained(tmp_path)
+    assert old.score_temperature == 0.2 and not hasattr(old, "temperature")
+    old.save_pretrained(tmp_path / "again")
+    assert "temperature" not in json.loads((tmp_path / "again" / "config.json").read_text())
