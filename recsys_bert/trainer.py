@@ -150,7 +150,8 @@ class Trainer:
         )
         optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
-        self.steps_per_epoch = max(1, len(self.train_loader) // args.gradient_accumulation_steps)
+        # Accelerate also steps on an epoch's last, partial window of micro-batches
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / args.gradient_accumulation_steps))
         self.max_steps = (
             args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * self.steps_per_epoch)
         )
@@ -264,9 +265,10 @@ class Trainer:
                         continue
                     state.global_step += 1
                     self.progress.update(1)
+                    stop = self._after_step(state.global_step, loop_start)
+                    # after the step's validation and checkpoint: a signal on an evaluation step keeps it
                     if stop_request.requested(accelerator):
                         self._stop(stop_request.signum or signal.SIGTERM)
-                    stop = self._after_step(state.global_step, loop_start)
                     if stop:
                         break
         self.progress.close()
@@ -323,8 +325,9 @@ class Trainer:
         window.update(batches=0, samples=0, start=time.perf_counter())
 
     def _stop(self, signum: int) -> None:
-        """A signal arrived: checkpoint and stop with `Interrupted`."""
-        self._checkpoint()
+        """A signal arrived: checkpoint (unless this step wrote one) and stop with `Interrupted`."""
+        if not (self.args.save_steps > 0 and self.state.global_step % self.args.save_steps == 0):
+            self._checkpoint()
         self.progress.close()
         step = self.state.global_step
         raise Interrupted(

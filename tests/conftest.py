@@ -79,3 +79,28 @@ def tiny_train_args(generic_files, tiny: str, output_dir, *extra: str) -> list[s
         "--max_item_tokens", "16", "--logging_steps", "5", "--run_baselines", "false", "--seed", "3",
         *extra,
     ]  # fmt: skip
+
+
+# Float results differ between CPUs' kernels and between matrix shapes (a batch of 7 users or of 256, a chunk of 11
+# items or the whole catalogue): scores agree to about 1e-6 of their size, not bit for bit, and two items that close
+# may swap places. What the README promises, and these tests hold: rankings equal up to such near-ties.
+SCORE_TOLERANCE = 1e-4  # logits (cosine / temperature, |logit| <= 20 at temperature .05)
+
+
+def assert_same_ranking_up_to_ties(ids_a, scores_a, ids_b, scores_b, atol: float = SCORE_TOLERANCE) -> None:
+    """Two users' top-K lists (best first) are the same ranking up to near-ties: equal scores place by place to
+    `atol`, and where the items differ, they lie among items whose scores are within `atol` of each other (at the end
+    of the list, a near-tie may push an item out for another)."""
+    import numpy as np
+
+    ids_a, ids_b = list(ids_a), list(ids_b)
+    scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    assert len(ids_a) == len(ids_b)
+    np.testing.assert_allclose(scores_a, scores_b, atol=atol, rtol=0)
+    # runs of places whose neighbouring scores are within atol: a ranking may order each run any way
+    breaks = np.flatnonzero(np.abs(np.diff(scores_a)) > atol) + 1
+    for run in np.split(np.arange(len(ids_a)), breaks):
+        if len(run) and run[-1] == len(ids_a) - 1:  # the last run: its members may differ at the cut
+            assert set(ids_a[: run[0]]) == set(ids_b[: run[0]])
+        else:
+            assert set(ids_a[run[0] : run[-1] + 1]) == set(ids_b[run[0] : run[-1] + 1]), (run, ids_a, ids_b)

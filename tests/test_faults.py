@@ -4,8 +4,8 @@ that can't be written stops the run before training; files that would run code w
 from __future__ import annotations
 
 import json
+import os
 import pickle
-import random
 import shutil
 import signal
 import subprocess
@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from recsys_bert.arguments import parse_args
 from recsys_bert.modeling import load_model
-from recsys_bert.trainer import train
-from recsys_bert.utils import InputError
+from recsys_bert.trainer import Trainer, train
+from recsys_bert.utils import InputError, Interrupted
 from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
 
 RUN = (
@@ -57,7 +57,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
     while not path.exists():
         assert process.poll() is None, f"the run ended before {path} appeared: {process.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.02)
+        time.sleep(0.001)
 
 
 def _assert_same_result(folder: Path, reference: Path) -> None:
@@ -69,14 +69,21 @@ def _assert_same_result(folder: Path, reference: Path) -> None:
         torch.testing.assert_close(weights[key], tensor, atol=1e-6, rtol=0)
 
 
-def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(generic_files, tiny, uninterrupted, tmp_path):
+@pytest.mark.parametrize(
+    "event",
+    ["checkpoint-20/trainer_state.json", ".tmp-checkpoint-40"],  # just after a checkpoint; while one is written
+)
+def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(
+    generic_files, tiny, uninterrupted, tmp_path, event
+):
+    """Killed the moment a file appears (an event, not a time: the same on a fast machine and a slow one)."""
     argv = tiny_train_args(generic_files, tiny, tmp_path, *RUN)
     process = _start(argv)
-    _wait_for(tmp_path / "checkpoint-20" / "trainer_state.json", process)
-    time.sleep(random.Random(0).uniform(0.0, 0.5))  # somewhere later: mid-step, mid-checkpoint or mid-validation
+    _wait_for(tmp_path / event, process)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
-    assert not (tmp_path / "metrics.json").exists()
+    # the kill landed mid-run
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoint-60").exists()
     resumed = subprocess.run(
         [sys.executable, "train.py", *argv, "--resume_from_checkpoint", "latest"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
@@ -84,6 +91,32 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(generic_files
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
     _assert_same_result(tmp_path, uninterrupted)
+
+
+def test_sigterm_on_an_evaluation_step_keeps_that_validation(
+    generic_files, tiny, uninterrupted, tmp_path, monkeypatch
+):
+    """The signal arrives during step 20, which validates: the checkpoint holds step 20's validation."""
+    original = Trainer._micro_step
+
+    def micro_step(self, batch):
+        if self.state.global_step == 19:  # the step in progress becomes step 20
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(self, batch)
+
+    argv = tiny_train_args(generic_files, tiny, tmp_path, *RUN)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_micro_step", micro_step)
+        with pytest.raises(Interrupted, match="stopped by SIGTERM at step 20"):
+            train(*parse_args(argv))
+    state = json.loads((tmp_path / "checkpoint-20" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["history"]] == [20] and state["best_step"] == 20
+    reset_accelerate_state()
+    train(*parse_args([*argv, "--resume_from_checkpoint", "latest"]))
+    _assert_same_result(tmp_path, uninterrupted)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    expected = json.loads((uninterrupted / "metrics.json").read_text())
+    assert [h["step"] for h in written["history"]] == [h["step"] for h in expected["history"]] == [20, 40, 60]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(generic_files, tiny, uninterrupted, tmp_path):

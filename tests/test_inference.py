@@ -23,7 +23,7 @@ from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model
 from recsys_bert.retrieval import top_k
 from recsys_bert.trainer import train
 from recsys_bert.utils import InputError
-from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
+from tests.conftest import REPO_ROOT, assert_same_ranking_up_to_ties, reset_accelerate_state, tiny_train_args
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +72,7 @@ def _metrics_from_file(frame: pd.DataFrame, k: int) -> dict[str, float]:
     }
 
 
+@pytest.mark.latest
 def test_top_k_lists_reproduce_the_test_metrics_of_training(trained, tmp_path):
     folder, data_flags = trained
     output = tmp_path / "recs.parquet"
@@ -165,10 +166,13 @@ def test_recommend_in_chunks_equals_one_pass(trained, tmp_path):
     _recommend("--model", str(folder), *data_flags, "--top_k", "30", "--exclude_history",
                "--output", str(tmp_path / "whole.parquet"))  # fmt: skip
     chunked, whole = _read(tmp_path / "chunked.parquet"), _read(tmp_path / "whole.parquet")
-    assert [list(x) for x in chunked.item_ids] == [list(x) for x in whole.item_ids]
-    np.testing.assert_allclose(np.stack(chunked.probabilities), np.stack(whole.probabilities), rtol=1e-5)
+    assert chunked.user_id.tolist() == whole.user_id.tolist()
+    for a, b in zip(chunked.itertuples(), whole.itertuples()):  # equal up to near-ties (matrix shapes differ)
+        assert_same_ranking_up_to_ties(a.item_ids, a.scores, b.item_ids, b.scores)
+        np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.latest
 def test_cold_start_users_and_items(trained, generic_files, tmp_path):
     folder, _ = trained
     items, log = generic_files
@@ -280,8 +284,8 @@ def test_two_processes_write_what_one_process_writes(trained, tmp_path):
     _recommend(*argv[1:], "--output", str(tmp_path / "one.jsonl"))
     one, two = _read(tmp_path / "one.jsonl"), _read(tmp_path / "two.jsonl")
     assert one.user_id.tolist() == two.user_id.tolist() and len(one) == 40
-    assert [list(x) for x in one.item_ids] == [list(x) for x in two.item_ids]
-    np.testing.assert_allclose(np.stack(one.scores), np.stack(two.scores), rtol=1e-5)
+    for a, b in zip(one.itertuples(), two.itertuples()):  # the processes' user batches differ from one process's
+        assert_same_ranking_up_to_ties(a.item_ids, a.scores, b.item_ids, b.scores)
     assert not list(tmp_path.glob(".*"))  # the parts were merged and removed
 
 

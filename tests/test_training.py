@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from recsys_bert.arguments import parse_args
 from recsys_bert.trainer import train
-from tests.conftest import REPO_ROOT, tiny_train_args
+from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
 
 ML = REPO_ROOT / "data" / "ml-latest-small"
 
@@ -43,6 +43,7 @@ def popular_movies_files(tmp_path_factory) -> tuple[Path, Path]:
     return folder / "items.csv", folder / "log.csv"
 
 
+@pytest.mark.latest
 def test_training_beats_the_untrained_model_and_popularity(popular_movies_files, tmp_path):
     """The real MiniLM, frozen: 200 steps must clearly beat the same model untrained, and popularity."""
     items, log = popular_movies_files
@@ -68,6 +69,7 @@ def test_training_beats_the_untrained_model_and_popularity(popular_movies_files,
     assert list((tmp_path / "b" / "logs").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.latest
 def test_resumed_run_equals_uninterrupted_run(generic_files, tiny, tmp_path):
     extra = (
         "--max_steps",
@@ -96,6 +98,45 @@ def test_resumed_run_equals_uninterrupted_run(generic_files, tiny, tmp_path):
             assert torch.allclose(tensor, weights_resumed[key], atol=1e-6), (name, key)
 
 
+def test_gradient_accumulation_of_3_sees_every_batch_of_every_epoch_and_resumes_exactly(
+    generic_files, tiny, tmp_path, monkeypatch
+):
+    """Accelerate also steps on an epoch's last, partial window: 173 batches of 32 with 3 micro-batches a step make
+    58 steps an epoch, not 57. Every micro-batch of each epoch is trained on once, in the loader's order, and a run
+    resumed in its second epoch skips exactly what it had seen."""
+    from recsys_bert.trainer import Trainer
+
+    extra = ("--gradient_accumulation_steps", "3", "--max_steps", "65", "--save_steps", "30", "--eval_steps", "0",
+             "--save_total_limit", "5", "--dropout", "0.2")  # fmt: skip
+    seen, original = [], Trainer._micro_step
+
+    def micro_step(self, batch):
+        seen.append(batch["positive_ids"].clone())
+        original(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_micro_step", micro_step)
+        trainer = Trainer(*parse_args(tiny_train_args(generic_files, tiny, tmp_path / "full", *extra)))
+        full = trainer.train()
+    assert len(trainer.train_loader) == 173 and trainer.steps_per_epoch == 58
+    expected = []
+    for epoch in (0, 1):  # the loader's own batches, epoch by epoch: 173, then 7 steps of 3
+        trainer.train_loader.set_epoch(epoch)
+        expected += [batch["positive_ids"] for batch in trainer.train_loader][: 173 if epoch == 0 else 21]
+    assert len(seen) == len(expected) == 194
+    assert all(torch.equal(got, want) for got, want in zip(seen, expected))
+
+    shutil.copytree(tmp_path / "full" / "checkpoint-60", tmp_path / "resumed" / "checkpoint-60")
+    reset_accelerate_state()
+    resumed = _train(tiny_train_args(generic_files, tiny, tmp_path / "resumed", *extra, "--resume_from_checkpoint",
+                                     "latest"))  # fmt: skip
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
+    weights_full, weights_resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("full", "resumed"))
+    for key, tensor in weights_full.items():
+        assert torch.allclose(tensor, weights_resumed[key], atol=1e-6), key
+
+
+@pytest.mark.latest
 def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tiny, tmp_path):
     from accelerate import Accelerator
     from transformers import AutoTokenizer
@@ -119,7 +160,10 @@ def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tin
     accelerator = Accelerator(cpu=True)
     catalogue.compute_frozen_states(model, accelerator)
     vectors = catalogue.item_vectors(model, accelerator)
-    loader = eval_loader(data.test, EvalCollator(model.config.max_history), 64, accelerator)
+    # the batch size of training's evaluation: the same matrix shapes give the same floats, ties and all
+    loader = eval_loader(
+        data.test, EvalCollator(model.config.max_history), args.per_device_eval_batch_size, accelerator
+    )
     metrics = evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, args.eval_ks)
     assert metrics == pytest.approx(written["test"], abs=1e-6)
 
