@@ -149,7 +149,8 @@ def project_training(model_args, data_args, train_args, args, device: torch.devi
     catalogue.compute_frozen_states(model, accelerator, train_args.per_device_eval_batch_size)
     collator = TrainCollator(catalogue, config, train_args)
     loader = DataLoader(data.train, batch_size=train_args.per_device_train_batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collator, generator=torch.Generator().manual_seed(train_args.seed))  # fmt: skip
+                        collate_fn=collator.collate_step,
+                        generator=torch.Generator().manual_seed(train_args.seed))  # fmt: skip
     batches = iter(loader)
     optimizer = torch.optim.AdamW(parameter_groups(model, train_args), lr=train_args.learning_rate)
     counts = torch.as_tensor(data.train_item_counts, dtype=torch.float64) + 1.0

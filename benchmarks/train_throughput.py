@@ -204,7 +204,7 @@ def _backward_and_step(model, optimizer, loss, max_grad_norm, times) -> None:
 def timed(step, collator, rows, model, optimizer, loss_kwargs, max_grad_norm) -> dict:
     times = {}
     start = time.perf_counter()
-    batch = collator(rows)
+    batch = collator.collate_step(rows)
     times["collate"] = time.perf_counter() - start
     sequences = step(model, optimizer, batch, loss_kwargs, max_grad_norm, times)
     return {"seconds": time.perf_counter() - start, "samples": len(rows), "sequences": sequences, **times}
@@ -272,7 +272,9 @@ def main() -> None:
         sampling = TrainCollator(tokens_only, config, train_args)
         used = [np.asarray(row["history"][-config.max_history :]) for rows in timed_batches for row in rows]
         used += [
-            sampling(rows)[key].numpy().ravel() for rows in timed_batches for key in ("positive_ids", "negative_ids")
+            sampling.collate_step(rows)[key].numpy().ravel()
+            for rows in timed_batches
+            for key in ("positive_ids", "negative_ids")
         ]
         used = np.unique(np.concatenate(used).astype(np.int64))
         cache_used_items(model, catalogue, used)

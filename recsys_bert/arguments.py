@@ -159,7 +159,7 @@ class TrainingArguments:
         default=64,
         metadata={
             "help": "Uniformly sampled negatives shared by a step's samples; -1 = every catalogue item (a full "
-            "softmax: no sampling, the cost of encoding the whole catalogue each step)."
+            "softmax: no sampling, and no in-batch negatives, the cost of encoding the whole catalogue each step)."
         },
     )
     in_batch_negatives: bool = field(
@@ -202,6 +202,10 @@ class TrainingArguments:
         default=None, metadata={"help": "The Hub repo to push to, e.g. me/recsys-bert-scientific."}
     )
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+
+    def __post_init__(self):
+        if self.num_negatives < 0:  # every item is a candidate already: the other samples' positives would be twice
+            self.in_batch_negatives = False
 
 
 @dataclass

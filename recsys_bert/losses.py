@@ -9,7 +9,6 @@ gives it at ranking time.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -52,7 +51,8 @@ def shared_negatives_loss(
     In-batch candidates are drawn by popularity (they are other samples' positives), so without correction the loss
     teaches the model to rank popular items down. With `item_log_frequency`, each candidate's logit is corrected by
     the log of its expected count among the step's candidates (the logQ correction of sampled softmax, Yi et al.
-    2019, for a mix of in-batch and uniform negatives as in Yang et al. 2020).
+    2019), which for the mixture of B in-batch and N uniform negatives (Yang et al. 2020) is log(B·p_j + N/|I|),
+    whichever pool the candidate came from.
 
     Args:
         user_vectors (`(batch, dim)`), positive_vectors (`(batch, dim)`), positive_ids (`(batch,)` item ids).
@@ -75,10 +75,15 @@ def shared_negatives_loss(
         candidate_ids = positive_ids[:, None]  # (batch, 1)
     negative_logits = user_vectors @ negative_vectors.T / temperature  # (batch, negatives)
     positive_logits = positive_logits / temperature
-    if in_batch and item_log_frequency is not None:
-        num_items = item_log_frequency.shape[0]
-        positive_logits = positive_logits - (math.log(candidate_ids.shape[1]) + item_log_frequency[candidate_ids])
-        negative_logits = negative_logits - (math.log(max(1, negative_ids.shape[0])) - math.log(num_items))
+    if in_batch and item_log_frequency is not None:  # each candidate's expected count in the mixture of two pools
+        in_batch_count, sampled_count = candidate_ids.shape[1], negative_ids.shape[0]
+        uniform = sampled_count / item_log_frequency.shape[0]
+
+        def log_expected_count(ids: torch.Tensor) -> torch.Tensor:
+            return torch.log(in_batch_count * item_log_frequency[ids].exp() + uniform)
+
+        positive_logits = positive_logits - log_expected_count(candidate_ids)
+        negative_logits = negative_logits - log_expected_count(negative_ids)
     logits = torch.cat([positive_logits, negative_logits], dim=1)  # (batch, candidates)
     all_ids = torch.cat([candidate_ids, negative_ids.expand(batch, -1)], dim=1)  # (batch, candidates)
     logits = _with_repeat_bias(logits, all_ids, history_ids, repeat_bias, temperature)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -149,7 +149,11 @@ class Trainer:
             drop_last=True,
         )
         optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate)
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        self.collator = train_loader.collate_fn
+        # the loader's batches stay on the CPU: the step's negatives and unique items are gathered there
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(
+            model, optimizer, train_loader, device_placement=[True, True, False]
+        )
         # Accelerate also steps on an epoch's last, partial window of micro-batches
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / args.gradient_accumulation_steps))
         self.max_steps = (
@@ -260,7 +264,7 @@ class Trainer:
                 for micro_step, batch in enumerate(loader, start=skip):
                     # dropout masks depend only on (seed, process, epoch, micro-step): a resumed run draws the same
                     torch.manual_seed(hash((args.seed, accelerator.process_index, epoch, micro_step)) % 2**63)
-                    self._micro_step(batch)
+                    self._micro_step(batch, epoch, micro_step)
                     if not accelerator.sync_gradients:
                         continue
                     state.global_step += 1
@@ -273,8 +277,11 @@ class Trainer:
                         break
         self.progress.close()
 
-    def _micro_step(self, batch: dict) -> None:
+    def _micro_step(self, batch: dict, epoch: int, micro_step: int) -> None:
         accelerator, args = self.accelerator, self.args
+        first_row = accelerator.process_index * len(batch["positive_ids"])  # this process's rows in the global batch
+        negatives = self.collator.negatives(batch, epoch, micro_step, first_row)
+        batch = send_to_device(self.collator.step_inputs(batch, negatives), accelerator.device, non_blocking=True)
         with accelerator.accumulate(self.model):
             negatives = {"in_batch": args.in_batch_negatives, "impressions": self.data.is_impressions}
             temperature = self.config.score_temperature

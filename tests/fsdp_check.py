@@ -71,7 +71,7 @@ def main() -> None:
     }
     # one training step of each, through the root's forward, on the same batch
     rows = [data.train[i] for i in range(16)]
-    batch = TrainCollator(catalogue, config, TrainingArguments(num_negatives=8))(rows)
+    batch = TrainCollator(catalogue, config, TrainingArguments(num_negatives=8)).collate_step(rows)
     counts = torch.as_tensor(data.train_item_counts, dtype=torch.float64) + 1.0
     for model in (whole, sharded):
         model.eval()  # gradients without dropout: both models take the very same step

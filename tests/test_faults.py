@@ -99,10 +99,10 @@ def test_sigterm_on_an_evaluation_step_keeps_that_validation(
     """The signal arrives during step 20, which validates: the checkpoint holds step 20's validation."""
     original = Trainer._micro_step
 
-    def micro_step(self, batch):
+    def micro_step(self, batch, *position):
         if self.state.global_step == 19:  # the step in progress becomes step 20
             os.kill(os.getpid(), signal.SIGTERM)
-        original(self, batch)
+        original(self, batch, *position)
 
     argv = tiny_train_args(generic_files, tiny, tmp_path, *RUN)
     with monkeypatch.context() as patch:

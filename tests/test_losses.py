@@ -45,8 +45,9 @@ def test_logq_correction_subtracts_the_log_expected_count_of_each_candidate():
     loss = shared_negatives_loss(
         users, positives, positive_ids, negatives, negative_ids, 1.0, item_log_frequency=log_frequency
     )
-    # in-batch candidate j: expected count 2 * p_j; uniform negatives: 3 / 5 each
-    corrections = torch.cat([torch.log(2 * torch.tensor([0.5, 0.2])), torch.log(torch.tensor([0.6, 0.6, 0.6]))])
+    # every candidate j, in-batch or sampled: expected count 2 * p_j (two in-batch draws) + 3 / 5 (three uniform)
+    p = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1])
+    corrections = torch.log(2 * p + 3 / 5)  # candidates 0, 1 (in-batch), then 2, 3, 4 (sampled)
     logits = torch.cat([users @ positives.T, users @ negatives.T], 1) - corrections
     assert torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 1])))
 
@@ -60,8 +61,9 @@ def test_every_catalogue_item_as_negative_is_the_exact_full_softmax():
 
     catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
     rows = [{"history": [1, 2, 3], "target": 4}, {"history": [5], "target": 4}, {"history": [0, 9], "target": 11}]
-    args = TrainingArguments(num_negatives=-1, in_batch_negatives=False)
-    batch = TrainCollator(catalogue, RecsysBertConfig(max_history=5), args)(rows)
+    args = TrainingArguments(num_negatives=-1)
+    assert not args.in_batch_negatives  # every item is a candidate already
+    batch = TrainCollator(catalogue, RecsysBertConfig(max_history=5), args).collate_step(rows)
     assert batch["negative_ids"].tolist() == list(range(12))
 
     generator = torch.Generator().manual_seed(0)
@@ -83,7 +85,7 @@ def test_candidates_in_the_history_get_the_repeat_bias_that_ranking_gives_them(t
     catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
     rows = [{"history": [1, 2, 3, 2], "target": 2}, {"history": [5], "target": 4}, {"history": [0, 9], "target": 11}]
     config = RecsysBertConfig(encoder_name_or_path=tiny, max_history=5, score_temperature=0.05)
-    batch = TrainCollator(catalogue, config, TrainingArguments(num_negatives=-1, in_batch_negatives=False))(rows)
+    batch = TrainCollator(catalogue, config, TrainingArguments(num_negatives=-1)).collate_step(rows)
     assert batch["history_ids"].tolist() == [[2, 3, 2, 1], [5, -1, -1, -1], [9, 0, -1, -1]]  # most recent first
     model = RecsysBertModel.from_encoder(config)
     with torch.no_grad():

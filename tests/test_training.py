@@ -110,9 +110,9 @@ def test_gradient_accumulation_of_3_sees_every_batch_of_every_epoch_and_resumes_
              "--save_total_limit", "5", "--dropout", "0.2")  # fmt: skip
     seen, original = [], Trainer._micro_step
 
-    def micro_step(self, batch):
+    def micro_step(self, batch, *position):
         seen.append(batch["positive_ids"].clone())
-        original(self, batch)
+        original(self, batch, *position)
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "_micro_step", micro_step)
