@@ -16,6 +16,9 @@ def run_main(main: Callable[[], object]) -> None:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as err:  # evaluation's check of the scores
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         sys.exit(err.exit_code)

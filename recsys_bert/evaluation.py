@@ -52,6 +52,13 @@ def evaluate(
     for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with torch.no_grad():
             batch_scores = scorer(batch).float()  # (users, items)
+        # a NaN target would rank first (no score is >= NaN); +inf ties the top; -inf is for excluded items
+        broken = torch.isnan(batch_scores) | (batch_scores == torch.inf)
+        if broken.any():
+            raise FloatingPointError(
+                f"{description}: {int(broken.any(dim=1).sum())} of {len(batch_scores)} users have NaN or +inf scores "
+                "(a diverged model, or NaN in its weights or inputs)"
+            )
         if "candidate_ids" in batch:
             candidate_scores = batch_scores.gather(1, batch["candidate_ids"].clamp(min=0))  # (users, candidates)
             candidate_scores = accelerator.pad_across_processes(candidate_scores, dim=1, pad_index=0)

@@ -225,8 +225,8 @@ class Trainer:
     def _baselines(self) -> dict:
         """Popularity and the untrained encoder (zero-shot: user = mean of the history's item vectors) on test."""
         data, accelerator = self.data, self.accelerator
-        baselines = {"popularity": self._evaluate(popularity_scorer(data.train_item_counts, accelerator.device),
-                                                  self.test_loader, "Popularity")}  # fmt: skip
+        popularity = popularity_scorer(data.item_counts_before("test"), accelerator.device)  # valid is known too
+        baselines = {"popularity": self._evaluate(popularity, self.test_loader, "Popularity")}
         with whole_parameters(self.model):
             vectors = zero_shot_item_vectors(
                 accelerator.unwrap_model(self.model), self.catalogue, accelerator, self.args.per_device_eval_batch_size

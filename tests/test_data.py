@@ -40,10 +40,10 @@ def movielens() -> RecData:
 
 @pytest.fixture(scope="module")
 def sequences() -> pd.Series:
-    """Each user's movieIds from ratings.csv, by time, ties in file order."""
+    """Each user's movieIds from ratings.csv, by time, ties by movieId (as numbers)."""
     ratings = pd.read_csv(ML_DIR / "ratings.csv", dtype={"userId": str, "movieId": str})
-    ratings["line"] = np.arange(len(ratings))
-    return ratings.sort_values(["userId", "timestamp", "line"]).groupby("userId")["movieId"].agg(list)
+    ratings["movie"] = ratings.movieId.astype(int)
+    return ratings.sort_values(["userId", "timestamp", "movie"]).groupby("userId")["movieId"].agg(list)
 
 
 # ---------------------------------------------------------------- movielens
@@ -72,7 +72,10 @@ def test_movielens_split(movielens, sequences):
     lengths = [len(history) for history in movielens.train["history"]]
     assert max(lengths) == 20 and min(lengths) == 1
     assert movielens.train_item_counts.dtype == np.int64 and movielens.train_item_counts.shape == (len(item_ids),)
-    assert movielens.train_item_counts.sum() == len(movielens.train)
+    # every training interaction: in leave-one-out data, what each user's valid row has before its target
+    training = np.concatenate([row["history"] for row in movielens.valid]).astype(np.int64)
+    assert np.array_equal(movielens.train_item_counts, np.bincount(training, minlength=len(item_ids)))
+    assert movielens.train_item_counts.sum() == len(movielens.train) + 610  # each user's first item too
 
 
 def test_movielens_text(movielens):
@@ -231,6 +234,37 @@ def test_generic_formats_agree(generic_frames, tmp_path):
     assert len(data.test) == (users >= 3).sum() and len(data.train) == (users[users >= 3] - 3).sum()
 
 
+def test_ties_in_time_are_broken_by_item_id_not_by_the_files_row_order(tmp_path):
+    """15% of MovieLens users rate their last two movies in the same second: the test target must not depend on
+    which line came first."""
+    items = pd.DataFrame({"item_id": ["9", "10", "100", "2"], "title": ["Nine", "Ten", "Hundred", "Two"]})
+    log = pd.DataFrame({"user_id": ["u"] * 5, "item_id": ["2", "100", "9", "10", "2"], "timestamp": [1, 2, 3, 5, 5]})
+    splits = []
+    for name, frame in (("ordered", log), ("shuffled", log.iloc[[4, 3, 0, 2, 1]])):
+        args = DataArguments(items=str(_write(items, tmp_path / "items.csv")),
+                             interactions=str(_write(frame, tmp_path / f"{name}.csv")),
+                             text_template="{title}")  # fmt: skip
+        data = load_data(args, max_history=10)
+        ids = np.array(data.items["item_id"])
+        splits.append((ids[data.valid[0]["target"]], ids[data.test[0]["target"]]))
+    assert splits == [("2", "10")] * 2  # at time 5: item 2 before item 10 (numerically), whatever the file order
+
+
+def test_item_counts_hold_every_training_interaction_and_popularity_at_test_the_valid_ones(tmp_path):
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(1, 7)], "title": list("abcdef")})
+    log = pd.DataFrame(
+        [("a", f"i{k}", k) for k in range(1, 6)] + [("b", "i3", 1), ("b", "i1", 2), ("b", "i2", 3)],
+        columns=["user_id", "item_id", "timestamp"],
+    )  # a: i1 i2 i3 train, i4 valid, i5 test; b: too few for a training row: i3 train, i1 valid, i2 test
+    args = DataArguments(items=str(_write(items, tmp_path / "items.csv")),
+                         interactions=str(_write(log, tmp_path / "log.csv")), text_template="{title}")  # fmt: skip
+    data = load_data(args, max_history=10)
+    assert data.train["target"] == [1, 2]  # a's targets i2, i3 (its first item i1 is only a history)
+    assert data.train_item_counts.tolist() == [1, 1, 2, 0, 0, 0]  # i1 (a's first), i2, i3 (a's target, b's first)
+    assert data.item_counts_before("valid").tolist() == [1, 1, 2, 0, 0, 0]
+    assert data.item_counts_before("test").tolist() == [2, 1, 2, 1, 0, 0]  # + the valid targets i4 (a), i1 (b)
+
+
 def test_generic_bad_rows_are_skipped_and_counted(tmp_path):
     (tmp_path / "items.csv").write_text(
         "item_id,title,brand\n"
@@ -277,7 +311,7 @@ def test_generic_bad_rows_are_skipped_and_counted(tmp_path):
     assert data.test.to_dict() == {"user_id": ["u1", "u2"], "history": [[0, 1, 2], [3, 0]], "target": [3, 1]}
     assert data.valid.to_dict() == {"user_id": ["u1", "u2"], "history": [[0, 1], [3]], "target": [2, 0]}
     assert data.train.to_dict() == {"user_id": ["u1"], "history": [[0]], "target": [1]}
-    assert data.train_item_counts.tolist() == [0, 1, 0, 0]
+    assert data.train_item_counts.tolist() == [1, 1, 0, 1]  # u1's i1, i2 (its valid history), u2's i5
     assert "log.csv: unknown item_id: 2" in format_skipped(data.skipped).splitlines()
     assert format_skipped({}) == "no rows skipped"
 

@@ -236,7 +236,8 @@ def _check_data(data: RecData, case: dict, item_path: Path, log_path: Path) -> N
     assert all(1 <= len(history) <= case["max_history"] for history in train["history"])
     # a user with n interactions: valid history n - 2, training rows n - 3
     assert len(train["user_id"]) == sum(max(len(history) - 1, 0) for history in valid["history"])
-    assert np.array_equal(data.train_item_counts, np.bincount(train["target"], minlength=num_items))
+    training = [i for history in valid["history"] for i in history]  # every interaction before valid's target
+    assert np.array_equal(data.train_item_counts, np.bincount(np.array(training, dtype=np.int64), minlength=num_items))
 
     skipped_rows = {item_path.name: 0, log_path.name: 0}  # rows and lines, not users
     for reason, count in data.skipped.items():

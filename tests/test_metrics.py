@@ -92,3 +92,20 @@ def test_impression_metrics_match_mind_script_on_random_impressions():
 def test_impressions_without_a_click_are_skipped_and_counted():
     m = impression_metrics([np.array([0, 0]), np.array([1, 0])], [np.array([0.1, 0.2]), np.array([0.3, 0.2])])
     assert m["impressions"] == 1 and m["skipped_impressions"] == 1 and m["auc"] == 1.0
+
+
+def test_evaluation_refuses_nan_scores_rather_than_ranking_a_nan_target_first():
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from recsys_bert.collators import EvalCollator
+    from recsys_bert.evaluation import evaluate
+
+    rows = [{"history": [1], "target": 2}, {"history": [0], "target": 3}]
+    loader = DataLoader(rows, batch_size=2, collate_fn=EvalCollator(max_history=5))
+    scores = torch.arange(8, dtype=torch.float32).repeat(2, 1)  # (users, items)
+    assert evaluate(lambda batch: scores.clone(), loader, Accelerator(cpu=True), [5])["users"] == 2
+    broken = scores.clone()
+    broken[1, 3] = torch.nan  # user 1's target: without the check, rank 0 (better than first)
+    with pytest.raises(FloatingPointError, match="Evaluating: 1 of 2 users have NaN"):
+        evaluate(lambda batch: broken.clone(), loader, Accelerator(cpu=True), [5])

@@ -18,7 +18,7 @@ from recsys_bert.utils import atomic_path, one_line
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: item counts of every training interaction, ties in time by item id
 TABLES = ("items", "train", "valid", "test")
 
 

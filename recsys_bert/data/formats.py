@@ -33,7 +33,7 @@ from recsys_bert.data.readers import (
     to_number,
 )
 from recsys_bert.data.recdata import RecData
-from recsys_bert.data.splits import arrow_dataset, leave_one_out, list_array, row_bounds
+from recsys_bert.data.splits import arrow_dataset, leave_one_out, list_array, row_bounds, training_item_counts
 from recsys_bert.utils import InputError, one_line
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ def parse(data_args: DataArguments, files: dict[str, Path], max_history: int) ->
         sources = ", ".join(str(path) for path in files.values())
         raise InputError(f"{sources}: could not be read ({type(err).__name__}: {one_line(err)})") from err
     items, train, valid, test = tables
-    targets = train.data.column("target").to_numpy()
-    counts = np.bincount(targets, minlength=len(items)).astype(np.int64)
+    counts = training_item_counts(train, valid, len(items))
     return RecData(items, train, valid, test, train_item_counts=counts, skipped=skipped, name=name)
 
 

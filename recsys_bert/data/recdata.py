@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 
 
 @dataclass
@@ -20,7 +21,8 @@ class RecData:
             impressions with `impression_id`, `user_id`, `history` (full), `candidates` (list<int32>) and `labels`
             (list<int8>, 1 = click).
         test: like `valid`.
-        train_item_counts: (num_items,) int64, how often each item is a training target.
+        train_item_counts: (num_items,) int64, how often each item was interacted with in training (every training
+            target and the history before each user's first one: `splits.training_item_counts`).
         skipped: reason -> count of skipped rows or ids.
         name: short data set name for logs and the model card.
     """
@@ -37,3 +39,16 @@ class RecData:
     def is_impressions(self) -> bool:
         """True when valid/test are impressions (candidates + labels) rather than one target per user (MIND)."""
         return "candidates" in self.valid.column_names
+
+    def item_counts_before(self, split: str) -> np.ndarray:
+        """How often each item was interacted with before `split`'s targets: in training, and for "test" in the
+        valid split too (its targets, or MIND's valid clicks). `(num_items,)` int64."""
+        if split == "valid":
+            return self.train_item_counts
+        valid = self.valid.data.table
+        if self.is_impressions:
+            clicked = pc.equal(pc.list_flatten(valid.column("labels")), 1)
+            items = pc.list_flatten(valid.column("candidates")).filter(clicked).to_numpy()
+        else:
+            items = valid.column("target").to_numpy()
+        return self.train_item_counts + np.bincount(items.astype(np.int64), minlength=len(self.train_item_counts))

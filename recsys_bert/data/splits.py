@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys_bert.data.readers import count_skipped, lookup, parse_timestamps, show_names, strings
 from recsys_bert.utils import InputError
@@ -50,7 +51,9 @@ def leave_one_out(
         skipped, f"{path.name}: users with no usable interaction", users[~missing].nunique() - users[keep].nunique()
     )
     user_codes, user_names = pd.factorize(users[keep])
-    order = np.lexsort((times[keep], user_codes))  # np.lexsort is stable: ties keep file order
+    # by user, then time; items at the same time by item id (as numbers where every id is one), so that the split
+    # never depends on the file's row order
+    order = np.lexsort((_id_order(items["item_id"])[item_codes[keep]], times[keep], user_codes))
     user_codes, sequence = user_codes[order], item_codes[keep][order].astype(np.int32)
 
     starts = (
@@ -89,6 +92,28 @@ def leave_one_out(
         "target": pa.array(sequence[ends - 1]),
     }
     return arrow_dataset(train), arrow_dataset(valid), arrow_dataset(test)
+
+
+def _id_order(ids: pd.Series) -> np.ndarray:
+    """Each id's place in the sorted ids: numerically where every id is a number, else as strings."""
+    numbers = pd.to_numeric(ids, errors="coerce")
+    keys = numbers if numbers.notna().all() else ids.astype(str)
+    return np.argsort(np.argsort(keys.to_numpy(), kind="stable"), kind="stable")
+
+
+def training_item_counts(train: datasets.Dataset, valid: datasets.Dataset, num_items: int) -> np.ndarray:
+    """How often each item was interacted with in training: every training target, plus the history before each
+    user's first training target (its shortest history); a user of leave-one-out data without training rows
+    counts the history before its valid target. `(num_items,)` int64."""
+    table = train.data.table
+    lengths = pd.Series(pc.list_value_length(table.column("history")).to_numpy())
+    first_rows = lengths.groupby(table.column("user_id").to_numpy(), sort=False).idxmin().to_numpy()
+    items = [table.column("target").to_numpy(), pc.list_flatten(table.column("history").take(first_rows)).to_numpy()]
+    if "target" in valid.column_names:  # leave-one-out: users with too few interactions for a training row
+        trained = pa.array(pd.unique(table.column("user_id").to_numpy()), type=pa.string())
+        untrained = pc.invert(pc.is_in(valid.data.table.column("user_id"), value_set=trained))
+        items.append(pc.list_flatten(valid.data.table.column("history").filter(untrained)).to_numpy())
+    return np.bincount(np.concatenate(items).astype(np.int64), minlength=num_items).astype(np.int64)
 
 
 def limit_eval_users(
