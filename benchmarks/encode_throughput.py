@@ -48,7 +48,7 @@ from recsys_bert.catalogue import Catalogue  # noqa: E402
 from recsys_bert.collators import EvalCollator  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
 from recsys_bert.encoders import default_encoder_path  # noqa: E402
-from recsys_bert.evaluation import eval_loader, evaluate, model_scorer  # noqa: E402
+from recsys_bert.evaluation import eval_loader, evaluate, model_scorer, protocol  # noqa: E402
 from recsys_bert.inference import quantize_int8  # noqa: E402
 from recsys_bert.modeling import (  # noqa: E402
     RecsysBertConfig,
@@ -244,7 +244,7 @@ def ndcg_fp32_vs_int8(args: argparse.Namespace, accelerator: Accelerator) -> dic
     )
     items = tokenize_items(data.items, tokenizer, model.config.max_item_tokens)
     catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
-    collator = EvalCollator(model.config.max_history, full_history=exclude_history)
+    collator = EvalCollator(model.config.max_history)
     loader = eval_loader(data.test, collator, 256, accelerator)
     out = {"model": os.path.relpath(path, ROOT), "items": len(catalogue), "history_excluded": exclude_history}
     vectors = {}
@@ -252,8 +252,8 @@ def ndcg_fp32_vs_int8(args: argparse.Namespace, accelerator: Accelerator) -> dic
         start = time.perf_counter()
         vectors[name] = catalogue.item_vectors(candidate, accelerator, args.batch_size)  # (items, dim)
         encode_seconds = time.perf_counter() - start
-        metrics = evaluate(model_scorer(candidate, vectors[name], accelerator), loader, accelerator, [10],
-                           exclude_history)  # fmt: skip
+        metrics = evaluate(model_scorer(candidate, vectors[name], accelerator), loader, accelerator, [10])
+        metrics = metrics[protocol(exclude_history)]
         out[name] = {
             "ndcg@10": round(metrics["ndcg@10"], 4),
             "recall@10": round(metrics["recall@10"], 4),
@@ -268,7 +268,9 @@ def ndcg_fp32_vs_int8(args: argparse.Namespace, accelerator: Accelerator) -> dic
     out["item_vectors_max_abs_diff"] = round((vectors["fp32"] - vectors["int8"]).abs().max().item(), 5)
     metrics_file = path / "metrics.json"
     if metrics_file.is_file():  # the fp32 figure must be what training reported for these weights
-        out["metrics_json_ndcg@10"] = round(json.loads(metrics_file.read_text())["test"]["ndcg@10"], 4)
+        out["metrics_json_ndcg@10"] = round(
+            json.loads(metrics_file.read_text())["test"][protocol(exclude_history)]["ndcg@10"], 4
+        )
     print(
         f"int8 changes NDCG@10 by {out['ndcg@10_change']:+.4f} (fp32 {out['fp32']['ndcg@10']:.4f} -> int8 "
         f"{out['int8']['ndcg@10']:.4f}; metrics.json says {out.get('metrics_json_ndcg@10')})"

@@ -85,41 +85,6 @@ def train_run(config: str, variant: str, seed: int, folder: Path, extra: list[st
     return seconds
 
 
-def history_excluded_metrics(folder: Path, config: str, max_eval_users: int) -> dict:
-    """The saved model's test metrics with each user's history removed from the ranking (the target kept)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    from recsys_bert.arguments import parse_recommend_args
-    from recsys_bert.catalogue import Catalogue
-    from recsys_bert.collators import EvalCollator
-    from recsys_bert.data import load_data, tokenize_items
-    from recsys_bert.distributed import has_accelerator
-    from recsys_bert.evaluation import eval_loader, evaluate, model_scorer
-    from recsys_bert.modeling import load_model
-    from recsys_bert.retrieval import catalogue_vectors, default_vector_cache
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(cpu=not has_accelerator())
-    model, tokenizer = load_model(str(folder))
-    model.to(accelerator.device)
-    data_args, _ = parse_recommend_args(["--config", config, "--model", str(folder)])
-    data_args.max_eval_users = max_eval_users
-    data = load_data(data_args, max_history=model.config.max_history)
-    catalogue = Catalogue.from_items(tokenize_items(data.items, tokenizer, model.config.max_item_tokens),
-                                     tokenizer.pad_token_id)  # fmt: skip
-    vectors, _ = catalogue_vectors(model, catalogue, accelerator, 256, default_vector_cache())
-    vectors = vectors.to(accelerator.device)  # (items, dim); the cache hands them back on the CPU
-    collator = EvalCollator(
-        model.config.max_history,
-        full_history=True,
-        catalogue=catalogue if model.config.user_tower == "text" else None,
-        max_user_tokens=model.config.max_user_tokens,
-    )
-    loader = eval_loader(data.test, collator, 256, accelerator)
-    return evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, [10], exclude_history=True)
-
-
 def summarize(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -137,12 +102,11 @@ def main() -> None:
         for seed in seeds:
             folder = runs_dir / f"{variant}-s{seed}"
             train_run(args.config, variant, seed, folder, extra)
-            test = json.loads((folder / "metrics.json").read_text())["test"]
+            test = json.loads((folder / "metrics.json").read_text())["test"]  # both protocols, one set of scores
             for metric in METRICS:
-                kept[metric].append(test[metric])
-            without_history = history_excluded_metrics(folder, args.config, 300 if args.quick else 0)
+                kept[metric].append(test["history_kept"][metric])
             for metric in excluded:
-                excluded[metric].append(without_history[metric])
+                excluded[metric].append(test["history_excluded"][metric])
             timing = folder / "benchmark.json"
             if timing.is_file():
                 minutes.append(json.loads(timing.read_text())["wall_seconds"] / 60)

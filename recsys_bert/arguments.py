@@ -185,7 +185,11 @@ class TrainingArguments:
         default_factory=lambda: [5, 10, 20, 50], metadata={"help": "Cut-offs K of the @K metrics."}
     )
     exclude_history: bool = field(
-        default=False, metadata={"help": "Remove the user's history items from the ranking (the target never)."}
+        default=False,
+        metadata={
+            "help": "Choose the best model (and stop early) on the metrics with the user's history items removed "
+            "from the ranking (the target never). Evaluation reports both protocols either way."
+        },
     )
     run_baselines: bool = field(
         default=True, metadata={"help": "Evaluate popularity and the untrained encoder (zero-shot) on test."}

@@ -115,12 +115,12 @@ class EvalCollator:
     def __init__(
         self,
         max_history: int,
-        full_history: bool = False,
+        full_history: bool = True,
         catalogue: Catalogue | None = None,
         max_user_tokens: int = 0,
     ):
         self.max_history = max_history
-        self.full_history = full_history  # only to exclude the history from the ranking
+        self.full_history = full_history  # to exclude the history from the ranking
         self.catalogue = catalogue  # only for the 'text' user tower
         self.max_user_tokens = max_user_tokens
 

@@ -175,12 +175,12 @@ def upper_output(
 def sentence_transformers_pooling(name_or_path: str) -> str | None:
     """The token pooling of a sentence-transformers model folder or Hub id ('mean' or 'cls'), `None` when it is no
     sentence-transformers model; an error for a pooling recsys-bert doesn't have."""
-    modules_file = _optional_file(name_or_path, "modules.json")
+    modules_file = encoder_file(name_or_path, "modules.json")
     if modules_file is None:
         return None
     modules = json.loads(Path(modules_file).read_text(encoding="utf-8"))
     pooling = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
-    config_file = pooling and _optional_file(name_or_path, f"{pooling['path']}/config.json".lstrip("/"))
+    config_file = pooling and encoder_file(name_or_path, f"{pooling['path']}/config.json".lstrip("/"))
     if config_file is None:
         return None
     config = json.loads(Path(config_file).read_text(encoding="utf-8"))
@@ -197,7 +197,7 @@ def sentence_transformers_pooling(name_or_path: str) -> str | None:
     return mode
 
 
-def _optional_file(name_or_path: str, filename: str) -> str | None:
+def encoder_file(name_or_path: str, filename: str) -> str | None:
     """A file of a local folder, or of a Hub repo (from the cache when offline); `None` where there is none."""
     if Path(name_or_path).is_dir():
         path = Path(name_or_path) / filename

@@ -30,25 +30,35 @@ def eval_loader(
     return accelerator.prepare_data_loader(DataLoader(rows, batch_size=batch_size, collate_fn=collator))
 
 
+PROTOCOLS = ("history_kept", "history_excluded")  # the user's history items ranked among the others, or left out
+
+
+def protocol(exclude_history: bool) -> str:
+    return PROTOCOLS[bool(exclude_history)]
+
+
 def evaluate(
     scorer: Scorer,
     loader: DataLoader,
     accelerator: Accelerator,
     ks: list[int],
-    exclude_history: bool = False,
     description: str = "Evaluating",
-) -> dict:
-    """Metrics of `scorer` on the rows of `loader` (from `eval_loader`).
+    return_ranks: bool = False,
+) -> dict | tuple[dict, dict]:
+    """Metrics of `scorer` on the rows of `loader` (from `eval_loader`, with `EvalCollator(full_history=True)`).
 
     Args:
         scorer: a batch -> `(users, items)` scores over the whole catalogue.
         ks: the cut-offs of the @K metrics (full ranking).
-        exclude_history: remove each user's history items, except the target, from the ranking.
+        return_ranks: also return each protocol's per-user target ranks `(users,)` (every process's users, in the
+            loader's order: the same users in the same order for every scorer), for paired comparisons.
 
     Returns:
-        Full-ranking metrics and `users`, or MIND's impression metrics for impression rows.
+        Full ranking: `{"history_kept": metrics, "history_excluded": metrics}`, both protocols from the same scores
+        (excluded: the user's history items, the target aside, left out of the ranking), each with `users`.
+        Impression rows (MIND): MIND's impression metrics.
     """
-    ranks, labels, scores = [], [], []
+    ranks, labels, scores = {name: [] for name in PROTOCOLS}, [], []
     for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with torch.no_grad():
             batch_scores = scorer(batch).float()  # (users, items)
@@ -67,22 +77,23 @@ def evaluate(
             scores.append(accelerator.gather_for_metrics(candidate_scores).cpu())
             continue
         targets = batch["target_ids"]  # (users,)
-        if exclude_history:
-            history = batch["full_history_ids"]  # (users, longest history)
-            drop = (history >= 0) & (history != targets[:, None])
-            rows_index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
-            batch_scores[rows_index[drop], history[drop]] = -torch.inf
-        ranks.append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())  # (all users,)
+        ranks["history_kept"].append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
+        history = batch["full_history_ids"]  # (users, longest history)
+        drop = (history >= 0) & (history != targets[:, None])
+        rows_index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
+        batch_scores[rows_index[drop], history[drop]] = -torch.inf
+        ranks["history_excluded"].append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
     if labels:
         label_rows = [row for part in labels for row in part]
         score_rows = [row for part in scores for row in part]
         keep = [row >= 0 for row in label_rows]
-        return impression_metrics(
+        metrics = impression_metrics(
             [row[k].numpy() for row, k in zip(label_rows, keep)], [row[k].numpy() for row, k in zip(score_rows, keep)]
         )
-    metrics = ranking_metrics(torch.cat(ranks), ks)
-    metrics["users"] = int(sum(len(r) for r in ranks))
-    return metrics
+        return (metrics, {}) if return_ranks else metrics
+    ranks = {name: torch.cat(parts) for name, parts in ranks.items()}  # (users,) each
+    metrics = {name: {**ranking_metrics(ranks[name], ks), "users": len(ranks[name])} for name in PROTOCOLS}
+    return (metrics, ranks) if return_ranks else metrics
 
 
 def model_scorer(model: RecsysBertModel, item_vectors: torch.Tensor, accelerator: Accelerator) -> Scorer:

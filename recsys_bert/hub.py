@@ -17,7 +17,7 @@ import torch
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
-from recsys_bert.encoders import default_encoder_path
+from recsys_bert.encoders import default_encoder_path, encoder_file
 from recsys_bert.modeling import RecsysBertModel, load_model
 from recsys_bert.utils import InputError, atomic_path, write_text_atomic
 
@@ -30,12 +30,15 @@ IMPRESSION_METRIC_NAMES = {"auc": "AUC", "mrr": "MRR", "ndcg@5": "nDCG@5", "ndcg
 
 def upload_files(folder: Path) -> list[Path]:
     """The files of a train.py output folder that make the model (relative paths): not the checkpoints (resume
-    state), the best-model scratch folder, nor hidden or temporary files."""
+    state), the best-model scratch folder, the TensorBoard logs, config.yaml (the run's settings, local paths and
+    all; the model card shows them without), nor hidden or temporary files."""
     files = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         first = relative.parts[0]
         if not path.is_file() or first.startswith(("checkpoint-", "best_model", ".")) or path.name.startswith("."):
+            continue
+        if first in ("logs", "config.yaml"):  # the run's own record: TensorBoard logs, settings with local paths
             continue
         if path.name.endswith(".tmp"):
             continue
@@ -119,18 +122,84 @@ def _default_encoder_or_none() -> str | None:
         return None
 
 
+# data whose terms travel with a model trained on it (the data_format that reads it)
+DATA_LICENSES = {
+    "movielens": ("movielens-terms", "https://files.grouplens.org/datasets/movielens/ml-latest-small-README.html"),
+    "mind": ("microsoft-research-license", "https://github.com/msnews/MIND/blob/master/MSR%20License_Data.pdf"),
+}
+
+
+def public_name(value):
+    """A setting as it may be published: a local path becomes its last part (the folder's name), anything else
+    stays."""
+    if isinstance(value, str) and value and ("/" in value or "\\" in value) and Path(value).exists():
+        return Path(value).name
+    return value
+
+
+def base_model_id(encoder: str | None) -> str | None:
+    """The Hub id of the encoder a model was trained from: the packaged MiniLM's, or the given id; None for a local
+    folder (saved models keep only its name: no Hub id to point at)."""
+    if encoder is None or encoder == _default_encoder_or_none():
+        return DEFAULT_ENCODER_HUB_ID
+    return encoder if "/" in encoder and not Path(encoder).exists() else None  # "org/name", not a folder
+
+
+def card_license(data_format: str | None, encoder: str | None) -> dict:
+    """The card's licence fields: the data's own terms where recsys-bert knows them (MovieLens, MIND: research,
+    non-commercial), else the encoder's licence from its own model card."""
+    if data_format in DATA_LICENSES:
+        name, link = DATA_LICENSES[data_format]
+        return {"license": "other", "license_name": name, "license_link": link}
+    card = encoder_file(encoder or _default_encoder_or_none() or DEFAULT_ENCODER_HUB_ID, "README.md")
+    try:
+        license_id = ModelCard.load(card).data.license if card else None
+    except Exception:  # an encoder's README without readable metadata
+        license_id = None
+    return {"license": license_id} if license_id else {}
+
+
+TABLE_TITLES = {
+    "history_kept": "History kept in the ranking (RecBole's and RecFormer's protocol)",
+    "history_excluded": "History excluded from the ranking (only items new to the user)",
+    "impressions": "Impressions",
+}
+
+
+def _results_table(table_name: str, names: dict, metrics: dict, results: dict, chosen: bool) -> str:
+    """One protocol's table: the model, each baseline, and the paired interval of the model's lead over each."""
+    shown = [k for k in names if k in metrics]
+    comparisons = {b: c[table_name] for b, c in results.get("comparisons", {}).items() if table_name in c}
+    metric = next(iter(comparisons.values()), {}).get("metric")
+    header = ["model", *(names[k] for k in shown)] + (
+        [f"this model − baseline, {metric} [95% interval]"] * bool(metric)
+    )
+    rows = [["recsys-bert (this model)", *(f"{metrics[k]:.4f}" for k in shown)] + [""] * bool(metric)]
+    for baseline, baseline_metrics in results.get("baselines", {}).items():
+        values = baseline_metrics if table_name == "impressions" else baseline_metrics.get(table_name, {})
+        row = [baseline, *(f"{values[k]:.4f}" if k in values else "" for k in shown)]
+        if metric:
+            c = comparisons.get(baseline)
+            row.append(f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" if c else "")
+        rows.append(row)
+    lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *(f"| {' | '.join(r)} |" for r in rows)]
+    suffix = " (the protocol that chose the best model)" if chosen and table_name != "impressions" else ""
+    return f"### {TABLE_TITLES[table_name]}{suffix}\n\n" + "\n".join(lines)
+
+
 def model_card(results: dict, settings: dict, model_config: dict, repo_id: str | None = None) -> str:
-    """README.md of a trained model: Hub metadata (library, tags, data, base model, metrics) and a human part (the
-    results with their protocol, how to use it, the training settings)."""
+    """README.md of a trained model: Hub metadata (library, tags, licence, base model, metrics) and a human part (the
+    results in both protocols beside the baselines, how to use it, the training settings). No local paths: a
+    setting that is one shows its last part."""
     protocol = results.get("protocol", {})
     data_name = protocol.get("data", "data")
     test = results.get("test", {})
-    encoder = model_config.get("encoder_name_or_path")
-    base_model = DEFAULT_ENCODER_HUB_ID if encoder is None or encoder == _default_encoder_or_none() else encoder
-    if Path(str(base_model)).exists():  # a local folder is not a Hub id
-        base_model = None
+    encoder = settings.get("encoder_name_or_path", model_config.get("encoder_name_or_path"))  # as given to train.py
+    base_model = base_model_id(encoder)
     impressions = protocol.get("ranking") == "impressions"
     names = IMPRESSION_METRIC_NAMES if impressions else METRIC_NAMES
+    tables = {"impressions": test} if impressions else test  # protocol -> metrics
+    chosen_protocol = "history_excluded" if protocol.get("history_excluded") else "history_kept"
     split = "test split, " + ("impressions" if impressions else f"full ranking over {protocol.get('items')} items")
     eval_results = [
         EvalResult(
@@ -138,67 +207,80 @@ def model_card(results: dict, settings: dict, model_config: dict, repo_id: str |
             task_name="Sequential recommendation",
             dataset_type=data_name,
             dataset_name=data_name,
+            dataset_config=table_name,
             dataset_split="test",
             metric_type=key,
-            metric_name=name,
-            metric_value=round(float(test[key]), 4),
+            metric_name=f"{name}, {table_name.replace('_', ' ')}",
+            metric_value=round(float(metrics[key]), 4),
         )
+        for table_name, metrics in tables.items()
         for key, name in names.items()
-        if key in test
+        if key in metrics
     ]
     data = ModelCardData(
         library_name="recsys-bert",
-        license="apache-2.0",
-        tags=["recommendation", "sequential-recommendation", "bert", "sentence-transformers", "recsys-bert"],
-        datasets=[data_name],
+        tags=["recommendation", "sequential-recommendation", "sentence-transformers", "recsys-bert"],
         base_model=base_model,
         model_name=repo_id or f"recsys-bert-{data_name}",
         eval_results=eval_results,
+        **card_license(settings.get("data_format"), encoder),
     )
     name = repo_id or "runs/your-model"
-    shown = [k for k in names if k in test]
-    rows = [f"| recsys-bert (this model) | {' | '.join(f'{test[k]:.4f}' for k in shown)} |"]
-    for baseline, metrics in results.get("baselines", {}).items():
-        values = [f"{metrics[k]:.4f}" if k in metrics else "" for k in shown]
-        rows.append(f"| {baseline} | {' | '.join(values)} |")
+    sections = [
+        _results_table(table_name, names, metrics, results, chosen=table_name == chosen_protocol)
+        for table_name, metrics in tables.items()
+    ]
     download = (
         f'folder = snapshot_download("{repo_id}", allow_patterns=["{ITEM_ENCODER_FOLDER}/*"])'
         if repo_id
         else f'folder = "{name}"  # the model folder'
     )
     config_flag = f"--data_format {settings['data_format']} --data_dir DATA_DIR" if settings.get("data_dir") else ""
+    published = {key: public_name(value) for key, value in settings.items() if key != "output_dir"}
+    terms = DATA_LICENSES.get(settings.get("data_format"))
+    license_note = (
+        f"Trained on data whose terms are [{terms[0]}]({terms[1]}); they apply to this model too."
+        if terms
+        else "The training data's own terms apply to this model too."
+    )
     body = f"""
 # recsys-bert on {data_name}
 
-A sequential recommender built on `{base_model or encoder}`: item texts are embedded by the encoder, a user's history
-by the `{model_config.get("user_tower")}` user tower, and items are ranked by dot-product softmax scores, with a
-learned offset (`repeat_bias`) for items already in the user's recent history. Trained with recsys-bert.
+A sequential recommender built on `{base_model or public_name(encoder)}`: item texts are embedded by the encoder, a
+user's history by the `{model_config.get("user_tower")}` user tower, and items are ranked by dot-product softmax
+scores, with a learned offset (`repeat_bias`) for items already in the user's recent history. Trained with
+recsys-bert. {license_note}
 
 ## Results ({split})
 
-History {"excluded from" if protocol.get("history_excluded") else "kept in"} the ranking; ties broken against the
-target; best of {protocol.get("steps")} steps at step {protocol.get("best_step")}.
+Ties broken against the target; best of {protocol.get("steps")} steps at step {protocol.get("best_step")}. The
+baselines are scored the same way: popularity (interactions before the test split) and the untrained encoder
+(user = mean of the history's item vectors). The interval is a paired bootstrap over the same test users.
 
-| model | {" | ".join(names[k] for k in shown)} |
-|---|{"---|" * len(shown)}
-{chr(10).join(rows)}
+{(chr(10) * 2).join(sections)}
 
 ## Use
+
+```python
+import torch
+from recsys_bert import load_model  # or: import recsys_bert; transformers.AutoModel.from_pretrained(...)
+
+model, tokenizer = load_model("{name}")
+texts = ["an item title", "another item", "a third item"]
+tokens = tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_item_tokens, return_tensors="pt")
+with torch.no_grad():
+    items = model.encode_items(tokens["attention_mask"], input_ids=tokens["input_ids"])  # (items, dim)
+    history = torch.tensor([[1, 0]])  # a user's history as item indices, most recent first
+    users = model.encode_users(items[history], history >= 0)  # (users, dim)
+    scores = model.score(users, items, history_ids=history)  # (users, items) logits
+    best = scores.topk(2).indices  # (users, 2)
+```
 
 ```bash
 # in a clone of recsys-bert (make setup): top-20 items for the users of a data set,
 # or for ad-hoc users (history: item ids or free texts)
 python recommend.py --model {name} {config_flag} --split test --top_k 20 --output recs.parquet
 python recommend.py --model {name} --items items.csv --users users.jsonl --output recs.jsonl
-```
-
-```python
-from recsys_bert.modeling import load_model
-
-model, tokenizer = load_model("{name}")
-texts = ["an item title", "another item"]
-items = tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_item_tokens, return_tensors="pt")
-item_vectors = model.encode_items(items["attention_mask"], input_ids=items["input_ids"])  # (items, dim)
 ```
 
 The item tower alone is a sentence-transformers model in `{ITEM_ENCODER_FOLDER}/`:
@@ -215,7 +297,7 @@ item_vectors = item_encoder.encode(["an item title", "another item"])  # the rec
 ## Training settings
 
 ```yaml
-{yaml.safe_dump(settings, sort_keys=False).strip()}
+{yaml.safe_dump(published, sort_keys=False, allow_unicode=True).strip()}
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content

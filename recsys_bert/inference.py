@@ -183,7 +183,9 @@ class RowWriter:
             if self.csv_header:
                 writer.writerow(batch.column_names)
                 self.csv_header = False
-            writer.writerows([json.dumps(v) if isinstance(v, list) else v for v in row.values()] for row in rows)
+            writer.writerows(
+                [json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for v in row.values()] for row in rows
+            )
 
     def close(self) -> None:
         if self.parquet is not None:
@@ -356,7 +358,7 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         "output": str(output),
     }
     if accelerator.is_main_process:
-        logger.info("Recommended: %s", json.dumps(summary))
+        logger.info("Recommended: %s", json.dumps(summary, ensure_ascii=False))
     return summary
 
 

@@ -43,9 +43,18 @@ from recsys_bert.collators import EvalCollator, TrainCollator
 from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
 from recsys_bert.distributed import any_process, has_accelerator, whole_parameters
 from recsys_bert.encoders import default_encoder_path
-from recsys_bert.evaluation import eval_loader, evaluate, mean_history_scorer, model_scorer, popularity_scorer
-from recsys_bert.hub import ITEM_ENCODER_FOLDER, push_to_hub, save_item_encoder, write_model_card
+from recsys_bert.evaluation import (
+    PROTOCOLS,
+    eval_loader,
+    evaluate,
+    mean_history_scorer,
+    model_scorer,
+    popularity_scorer,
+    protocol,
+)
+from recsys_bert.hub import ITEM_ENCODER_FOLDER, public_name, push_to_hub, save_item_encoder, write_model_card
 from recsys_bert.losses import step_loss
+from recsys_bert.metrics import paired_bootstrap, per_user
 from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, save_model
 from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
 
@@ -168,7 +177,6 @@ class Trainer:
         self.scheduler = accelerator.prepare(scheduler)
         eval_collator = EvalCollator(
             config.max_history,
-            full_history=args.exclude_history,
             catalogue=self.catalogue if config.user_tower == "text" else None,
             max_user_tokens=config.max_user_tokens,
         )
@@ -177,6 +185,7 @@ class Trainer:
         self.test_loader = eval_loader(data.test, eval_collator, batch_size, accelerator)
         self.summary = self._summary(start)
         self.state = TrainerState()
+        self.baseline_ranks: dict[str, dict] = {}
 
     def _summary(self, start: float) -> dict:
         """The run's size and setting, logged at the start and written to `metrics.json`."""
@@ -201,9 +210,20 @@ class Trainer:
             "setup_seconds": round(time.perf_counter() - start, 1),
         }
 
-    def _evaluate(self, scorer, loader, description: str) -> dict:
-        args = self.args
-        return evaluate(scorer, loader, self.accelerator, args.eval_ks, args.exclude_history, description)
+    def _evaluate(self, scorer, loader, description: str) -> tuple[dict, dict]:
+        """Both protocols' metrics (MIND: impression metrics) and their per-user target ranks."""
+        return evaluate(scorer, loader, self.accelerator, self.args.eval_ks, description, return_ranks=True)
+
+    def _selected(self, metrics: dict) -> dict:
+        """The metrics of the protocol that chooses the best model (`exclude_history`)."""
+        return metrics if self.data.is_impressions else metrics[protocol(self.args.exclude_history)]
+
+    def _log_metrics(self, split: str, metrics: dict, step: int) -> None:
+        if self.data.is_impressions:
+            self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=step)
+        else:
+            flat = {f"{split}/{name}/{k}": v for name in PROTOCOLS for k, v in metrics[name].items()}
+            self.accelerator.log(flat, step=step)
 
     # ---- the run ----
 
@@ -223,15 +243,17 @@ class Trainer:
         return self._finish(baselines)
 
     def _baselines(self) -> dict:
-        """Popularity and the untrained encoder (zero-shot: user = mean of the history's item vectors) on test."""
+        """Popularity and the untrained encoder (zero-shot: user = mean of the history's item vectors) on test, in
+        both protocols, as the model is; their per-user ranks kept for the paired comparison with the model."""
         data, accelerator = self.data, self.accelerator
         popularity = popularity_scorer(data.item_counts_before("test"), accelerator.device)  # valid is known too
-        baselines = {"popularity": self._evaluate(popularity, self.test_loader, "Popularity")}
         with whole_parameters(self.model):
             vectors = zero_shot_item_vectors(
                 accelerator.unwrap_model(self.model), self.catalogue, accelerator, self.args.per_device_eval_batch_size
             )
-        baselines["zero_shot"] = self._evaluate(mean_history_scorer(vectors), self.test_loader, "Zero-shot")
+        baselines = {}
+        for name, scorer in (("popularity", popularity), ("zero_shot", mean_history_scorer(vectors))):
+            baselines[name], self.baseline_ranks[name] = self._evaluate(scorer, self.test_loader, name)
         return baselines
 
     def _resume(self, which: str) -> None:
@@ -353,11 +375,11 @@ class Trainer:
         unwrapped = accelerator.unwrap_model(self.model)
         with whole_parameters(self.model):
             item_vectors = self.catalogue.item_vectors(unwrapped, accelerator, args.per_device_eval_batch_size)
-            metrics = self._evaluate(model_scorer(unwrapped, item_vectors, accelerator), self.valid_loader,
-                                     "Validating")  # fmt: skip
+            metrics, _ = self._evaluate(model_scorer(unwrapped, item_vectors, accelerator), self.valid_loader,
+                                        "Validating")  # fmt: skip
         self.model.train()
-        accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=step)
-        value = metrics[args.metric_for_best_model]
+        self._log_metrics("valid", metrics, step)
+        value = self._selected(metrics)[args.metric_for_best_model]
         state.history.append({"step": step, "metrics": metrics, "seconds": round(time.perf_counter() - loop_start, 1)})
         if state.best_metric is not None and value <= state.best_metric:
             state.evals_without_improvement += 1
@@ -379,20 +401,24 @@ class Trainer:
         state_dict = load_file(best_weights) if best_weights.exists() else accelerator.get_state_dict(self.model)
         best_model = RecsysBertModel(self.config)
         best_model.load_state_dict(state_dict)
+        # what config.json publishes: a local encoder folder by its name (the encoder itself is in the weights)
+        best_model.config.encoder_name_or_path = public_name(self.config.encoder_name_or_path)
         best_model.to(accelerator.device)
         item_vectors = self.catalogue.item_vectors(best_model, accelerator, args.per_device_eval_batch_size)
-        test_metrics = self._evaluate(model_scorer(best_model, item_vectors, accelerator), self.test_loader, "Test")
+        scorer = model_scorer(best_model, item_vectors, accelerator)
+        test_metrics, test_ranks = self._evaluate(scorer, self.test_loader, "Test")
         valid_metrics = next((h["metrics"] for h in state.history if h["step"] == state.best_step), {})
         results = {
             "valid": valid_metrics,
             "test": test_metrics,
             "baselines": baselines,
+            "comparisons": self._comparisons(test_ranks),
             "history": state.history,  # every validation: step, seconds since this launch's first step, metrics
             "protocol": {
                 "data": self.data.name,
                 "ranking": "impressions" if self.data.is_impressions else "full catalogue",
                 "items": len(self.data.items),
-                "history_excluded": bool(args.exclude_history),
+                "history_excluded": bool(args.exclude_history),  # the protocol that chose the best model
                 "ties": "broken against the target",
                 "best_step": state.best_step,
                 "steps": state.global_step,
@@ -400,7 +426,7 @@ class Trainer:
             },
             "run": self.summary,
         }
-        accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
+        self._log_metrics("test", test_metrics, state.global_step)
         if accelerator.is_main_process:
             save_model(best_model, self.tokenizer, output_dir)
             write_json_atomic(output_dir / "metrics.json", results)
@@ -410,13 +436,28 @@ class Trainer:
             shutil.rmtree(best_dir, ignore_errors=True)
             save_item_encoder(best_model, self.tokenizer, output_dir / ITEM_ENCODER_FOLDER)
             write_model_card(output_dir, args.hub_model_id)
-            shown = {k: round(v, 4) for k, v in test_metrics.items() if isinstance(v, float)}
-            logger.info("Test: %s", json.dumps(shown))
+            for name, metrics in [("", test_metrics)] if self.data.is_impressions else test_metrics.items():
+                shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+                logger.info("Test%s: %s", f" ({name.replace('_', ' ')})" if name else "", json.dumps(shown))
             if args.push_to_hub:
                 self._push()
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
+
+    def _comparisons(self, test_ranks: dict) -> dict:
+        """The model against each baseline on the same test users: the mean per-user difference of
+        `metric_for_best_model` and its paired bootstrap 95% interval, in both protocols."""
+        metric = self.args.metric_for_best_model
+        return {
+            baseline: {
+                name: {"metric": metric, **paired_bootstrap(per_user(test_ranks[name], metric),
+                                                            per_user(ranks[name], metric), seed=self.args.seed)}
+                for name in PROTOCOLS
+            }
+            for baseline, ranks in self.baseline_ranks.items()
+            if ranks  # MIND's impressions: no per-user ranks
+        }  # fmt: skip
 
     def _push(self) -> None:
         args, output_dir = self.args, self.output_dir

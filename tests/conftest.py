@@ -104,3 +104,14 @@ def assert_same_ranking_up_to_ties(ids_a, scores_a, ids_b, scores_b, atol: float
             assert set(ids_a[: run[0]]) == set(ids_b[: run[0]])
         else:
             assert set(ids_a[run[0] : run[-1] + 1]) == set(ids_b[run[0] : run[-1] + 1]), (run, ids_a, ids_b)
+
+
+def flat(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics (`{"history_kept": {"ndcg@10": ...}, ...}`) as one flat dict, for `pytest.approx`."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -58,7 +58,7 @@ def main() -> None:
     def metrics(model, wrapped):
         with whole_parameters(wrapped):
             vectors = catalogue.item_vectors(model, accelerator, 32)  # (items, dim)
-            return vectors, evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, [10], False)
+            return vectors, evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, [10])
 
     results = {}
     # before any training step: the zero-shot baseline's situation (the encoder layers must not become the root)

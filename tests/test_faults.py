@@ -21,7 +21,7 @@ from recsys_bert.arguments import parse_args
 from recsys_bert.modeling import load_model
 from recsys_bert.trainer import Trainer, train
 from recsys_bert.utils import InputError, Interrupted
-from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
+from tests.conftest import REPO_ROOT, flat, reset_accelerate_state, tiny_train_args
 
 RUN = (
     "--finetune_layers", "0", "--projection_dim", "16", "--max_steps", "60", "--save_steps", "10",
@@ -62,8 +62,8 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
 
 def _assert_same_result(folder: Path, reference: Path) -> None:
     result, expected = (json.loads((f / "metrics.json").read_text()) for f in (folder, reference))
-    assert result["test"] == pytest.approx(expected["test"], abs=1e-6)
-    assert result["valid"] == pytest.approx(expected["valid"], abs=1e-6)
+    assert flat(result["test"]) == pytest.approx(flat(expected["test"]), abs=1e-6)
+    assert flat(result["valid"]) == pytest.approx(flat(expected["valid"]), abs=1e-6)
     weights, expected_weights = load_file(folder / "model.safetensors"), load_file(reference / "model.safetensors")
     for key, tensor in expected_weights.items():
         torch.testing.assert_close(weights[key], tensor, atol=1e-6, rtol=0)

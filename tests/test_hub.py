@@ -74,19 +74,30 @@ def test_push_uploads_a_self_contained_model_that_loads_back_from_the_hub_cache(
     uploaded = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
     assert repo_id == REPO_ID and (folder / "checkpoint-4").is_dir()
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-            "metrics.json", "config.yaml", "item_encoder/modules.json", "item_encoder/model.safetensors",
+            "metrics.json", "item_encoder/modules.json", "item_encoder/model.safetensors",
             "item_encoder/2_Dense/config.json"} <= set(uploaded)  # fmt: skip
     assert not [p for p in uploaded if p.startswith(("checkpoint-", "best_model", ".")) or p.endswith(".tmp")]
     assert all(path.is_file() and path.is_relative_to(folder) for path in uploaded.values())
+    # the run's own record stays home: its TensorBoard logs, and config.yaml with this machine's paths
+    assert (folder / "config.yaml").is_file() and list((folder / "logs").rglob("*"))
+    assert not [p for p in uploaded if p.startswith("logs/") or p == "config.yaml"]
+    for path in uploaded.values():  # no local path in anything published
+        if path.suffix in (".json", ".md"):
+            text = path.read_text(encoding="utf-8")
+            assert str(tmp_path) not in text and str(generic_files[0].parent) not in text, path
 
-    # the model card: Hub metadata and the metrics of metrics.json
+    # the model card: Hub metadata, both protocols' metrics of metrics.json, the licence of the encoder (the data
+    # are a user's own files)
     card = ModelCard.load(folder / "README.md")
     metrics = json.loads((folder / "metrics.json").read_text())["test"]
     assert card.data.library_name == "recsys-bert" and "recommendation" in card.data.tags
-    assert card.data.datasets == ["items"] and card.data.model_name == REPO_ID
-    card_metrics = {result.metric_type: result.metric_value for result in card.data.eval_results}
-    assert card_metrics == {k: round(metrics[k], 4) for k in ("ndcg@10", "recall@10", "mrr")}
+    assert card.data.datasets is None and card.data.model_name == REPO_ID  # no Hub id of the data to name
+    assert card.data.license is None  # the tiny test encoder's folder has no model card, so no licence to inherit
+    card_metrics = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert card_metrics == {(protocol, k): round(metrics[protocol][k], 4) for protocol in metrics
+                            for k in ("ndcg@10", "recall@10", "mrr")}  # fmt: skip
     assert f"python recommend.py --model {REPO_ID}" in card.text and "max_steps: 4" in card.text
+    assert "History excluded from the ranking" in card.text and "History kept in the ranking" in card.text
 
     # the item tower as a sentence-transformers model gives the recommender's item vectors
     model, tokenizer = load_model(str(folder))
@@ -162,3 +173,23 @@ def test_item_encoder_of_the_real_minilm_matches_sentence_transformers(tmp_path)
     got = SentenceTransformer(str(tmp_path / "item_encoder"), device="cpu").encode(texts, convert_to_tensor=True)
     assert got.shape == (31, 32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_the_card_takes_its_licence_from_the_data_or_the_encoder_and_shows_no_local_path():
+    from recsys_bert.hub import model_card
+
+    results = {
+        "protocol": {"data": "ml-latest-small", "items": 3, "history_excluded": True, "ranking": "full catalogue"},
+        "test": {"history_kept": {"ndcg@10": 0.1, "mrr": 0.2}, "history_excluded": {"ndcg@10": 0.3, "mrr": 0.4}},
+    }
+    movielens = {"data_format": "movielens", "data_dir": str(REPO_ROOT / "data" / "ml-latest-small"),
+                 "encoder_name_or_path": None, "output_dir": str(REPO_ROOT / "runs" / "x")}  # fmt: skip
+    card = ModelCard(model_card(results, movielens, {"user_tower": "attention"}))
+    # MovieLens: research use, non-commercial; its terms travel with the model, not the encoder's apache-2.0
+    assert card.data.license == "other" and card.data.license_name == "movielens-terms"
+    assert card.data.license_link.startswith("https://files.grouplens.org/")
+    assert "data_dir: ml-latest-small" in card.text and str(REPO_ROOT) not in card.text
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    generic = ModelCard(model_card(results, {"data_format": "generic", "encoder_name_or_path": None}, {}))
+    assert generic.data.license == "apache-2.0"  # all-MiniLM-L6-v2's own model card says so
+    assert "the protocol that chose the best model" in generic.text.split("History excluded")[1].split("\n")[0]

@@ -78,7 +78,7 @@ def test_top_k_lists_reproduce_the_test_metrics_of_training(trained, tmp_path):
     output = tmp_path / "recs.parquet"
     summary = _recommend("--model", str(folder), *data_flags, "--split", "test", "--top_k", "50",
                          "--exclude_history", "--output", str(output))  # fmt: skip
-    written = json.loads((folder / "metrics.json").read_text())["test"]
+    written = json.loads((folder / "metrics.json").read_text())["test"]["history_excluded"]
     frame = _read(output)
     assert len(frame) == written["users"] == summary["users"] == 40
     for k in (10, 20, 50):

@@ -94,18 +94,50 @@ def test_impressions_without_a_click_are_skipped_and_counted():
     assert m["impressions"] == 1 and m["skipped_impressions"] == 1 and m["auc"] == 1.0
 
 
-def test_evaluation_refuses_nan_scores_rather_than_ranking_a_nan_target_first():
+def test_evaluation_reports_both_protocols_and_refuses_nan_scores():
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from recsys_bert.collators import EvalCollator
     from recsys_bert.evaluation import evaluate
 
-    rows = [{"history": [1], "target": 2}, {"history": [0], "target": 3}]
+    rows = [{"history": [5], "target": 2}, {"history": [0], "target": 3}]
     loader = DataLoader(rows, batch_size=2, collate_fn=EvalCollator(max_history=5))
-    scores = torch.arange(8, dtype=torch.float32).repeat(2, 1)  # (users, items)
-    assert evaluate(lambda batch: scores.clone(), loader, Accelerator(cpu=True), [5])["users"] == 2
+    scores = torch.arange(8, dtype=torch.float32).repeat(2, 1)  # (users, items): item i scores i
+    metrics = evaluate(lambda batch: scores.clone(), loader, Accelerator(cpu=True), [5])
+    # kept: user 0's target 2 has items 3..7 above it (rank 6), user 1's target 3 items 4..7 (rank 5); excluded:
+    # user 0's history item 5 leaves the ranking (rank 5), user 1's item 0 scores below its target anyway
+    assert metrics["history_kept"]["ndcg@5"] == pytest.approx((0 + 1 / math.log2(6)) / 2)
+    assert metrics["history_excluded"]["ndcg@5"] == pytest.approx(1 / math.log2(6))
+    assert metrics["history_kept"]["users"] == metrics["history_excluded"]["users"] == 2
     broken = scores.clone()
     broken[1, 3] = torch.nan  # user 1's target: without the check, rank 0 (better than first)
     with pytest.raises(FloatingPointError, match="Evaluating: 1 of 2 users have NaN"):
         evaluate(lambda batch: broken.clone(), loader, Accelerator(cpu=True), [5])
+
+
+def test_paired_bootstrap_interval():
+    from recsys_bert.metrics import paired_bootstrap, per_user
+
+    rng = np.random.default_rng(0)
+    a = rng.random(500)
+    same = paired_bootstrap(a, a)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    shifted = paired_bootstrap(a + 0.1, a)  # the same shift for every user: no spread at all
+    assert shifted["difference"] == pytest.approx(0.1) and shifted["low"] == pytest.approx(0.1)
+    assert shifted["high"] == pytest.approx(0.1)
+    # two users, differences 1 and 0: a resample's mean is 0, 0.5 or 1 (1/4, 1/2, 1/4): the 95% interval is [0, 1]
+    two = paired_bootstrap(np.array([1.0, 0.0]), np.zeros(2))
+    assert (two["difference"], two["low"], two["high"]) == (0.5, 0.0, 1.0)
+    # normal differences: the interval is about mean +- 1.96 standard errors
+    differences = rng.normal(0.05, 0.2, 2000)
+    interval = paired_bootstrap(differences, np.zeros(2000), samples=4000)
+    half_width = 1.96 * 0.2 / math.sqrt(2000)
+    assert interval["high"] - interval["low"] == pytest.approx(2 * half_width, rel=0.1)
+    assert interval["low"] < differences.mean() < interval["high"]
+    with pytest.raises(ValueError):
+        paired_bootstrap(np.zeros(0), np.zeros(0))
+    # per-user values average to ranking_metrics' figures
+    ranks = np.array([1, 3, 12, 2])
+    for name in ("ndcg@10", "recall@10", "precision@10", "mrr@10", "mrr"):
+        assert per_user(ranks, name).mean() == pytest.approx(ranking_metrics(ranks, [10])[name])

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from recsys_bert.arguments import parse_args
 from recsys_bert.trainer import train
-from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
+from tests.conftest import REPO_ROOT, flat, reset_accelerate_state, tiny_train_args
 
 ML = REPO_ROOT / "data" / "ml-latest-small"
 
@@ -57,14 +57,21 @@ def test_training_beats_the_untrained_model_and_popularity(popular_movies_files,
         [*argv, "--output_dir", str(tmp_path / "a"), "--learning_rate", "0", "--run_baselines", "false"]
     )
     trained = _train([*argv, "--output_dir", str(tmp_path / "b"), "--learning_rate", "3e-3"])
-    assert trained["test"]["ndcg@10"] > 2 * untrained["test"]["ndcg@10"]
-    assert trained["test"]["mrr"] > 2 * untrained["test"]["mrr"]
-    assert trained["test"]["ndcg@10"] > trained["baselines"]["popularity"]["ndcg@10"]
+    for name in ("history_excluded", "history_kept"):  # chosen on the first; the second reported too
+        assert trained["test"][name]["ndcg@10"] > 2 * untrained["test"][name]["ndcg@10"]
+        assert trained["test"][name]["mrr"] > 2 * untrained["test"][name]["mrr"]
+    excluded = trained["test"]["history_excluded"]
+    assert excluded["ndcg@10"] > trained["baselines"]["popularity"]["history_excluded"]["ndcg@10"]
+    # the model's lead over the baselines, with its paired interval over the same users
+    lead = trained["comparisons"]["popularity"]["history_excluded"]
+    assert lead["metric"] == "ndcg@10" and lead["low"] <= lead["difference"] <= lead["high"]
+    assert lead["difference"] == pytest.approx(excluded["ndcg@10"] - trained["baselines"]["popularity"][
+        "history_excluded"]["ndcg@10"], abs=1e-9)  # fmt: skip
     written = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert set(written) >= {"valid", "test", "baselines", "protocol", "run"}
     assert set(written["baselines"]) == {"popularity", "zero_shot"}
-    assert {"ndcg@10", "recall@10", "mrr", "precision@5", "mrr@10"} <= set(written["test"])
-    assert written["protocol"]["history_excluded"] is True and written["test"]["users"] == 610
+    assert {"ndcg@10", "recall@10", "mrr", "precision@5", "mrr@10"} <= set(written["test"]["history_kept"])
+    assert written["protocol"]["history_excluded"] is True and written["test"]["history_excluded"]["users"] == 610
     assert (tmp_path / "b" / "model.safetensors").exists() and (tmp_path / "b" / "config.yaml").exists()
     assert list((tmp_path / "b" / "logs").rglob("events.out.tfevents*"))
 
@@ -89,8 +96,8 @@ def test_resumed_run_equals_uninterrupted_run(generic_files, tiny, tmp_path):
     (tmp_path / "resumed" / "checkpoint-7").mkdir()
     resume = ("--resume_from_checkpoint", "latest")
     resumed = _train(tiny_train_args(generic_files, tiny, tmp_path / "resumed", *extra, *resume))
-    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
-    assert resumed["valid"] == pytest.approx(full["valid"], abs=1e-6)
+    assert flat(resumed["test"]) == pytest.approx(flat(full["test"]), abs=1e-6)
+    assert flat(resumed["valid"]) == pytest.approx(flat(full["valid"]), abs=1e-6)
     for name in ("checkpoint-9/model.safetensors", "model.safetensors"):  # the last training state and the best model
         weights_full = load_file(tmp_path / "full" / name)
         weights_resumed = load_file(tmp_path / "resumed" / name)
@@ -130,7 +137,7 @@ def test_gradient_accumulation_of_3_sees_every_batch_of_every_epoch_and_resumes_
     reset_accelerate_state()
     resumed = _train(tiny_train_args(generic_files, tiny, tmp_path / "resumed", *extra, "--resume_from_checkpoint",
                                      "latest"))  # fmt: skip
-    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
+    assert flat(resumed["test"]) == pytest.approx(flat(full["test"]), abs=1e-6)
     weights_full, weights_resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("full", "resumed"))
     for key, tensor in weights_full.items():
         assert torch.allclose(tensor, weights_resumed[key], atol=1e-6), key
@@ -165,7 +172,7 @@ def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tin
         data.test, EvalCollator(model.config.max_history), args.per_device_eval_batch_size, accelerator
     )
     metrics = evaluate(model_scorer(model, vectors, accelerator), loader, accelerator, args.eval_ks)
-    assert metrics == pytest.approx(written["test"], abs=1e-6)
+    assert flat(metrics) == pytest.approx(flat(written["test"]), abs=1e-6)
 
 
 def test_impressions_train_and_evaluate_on_mind(shared_data, tiny, tmp_path):
@@ -187,7 +194,7 @@ def test_text_user_tower_trains_in_bf16_with_gradient_accumulation(generic_files
         "--logging_steps", "1",
     )  # fmt: skip
     metrics = _train(argv)
-    assert metrics["test"]["users"] == 40 and metrics["test"]["mrr"] > 0
+    assert metrics["test"]["history_kept"]["users"] == 40 and metrics["test"]["history_kept"]["mrr"] > 0
     assert metrics["protocol"]["steps"] == 3 and metrics["run"]["effective_batch_size"] == 64
     assert metrics["run"]["mixed_precision"] == "bf16"
 
@@ -197,7 +204,7 @@ def test_time_budget_stops_training_then_validates_tests_and_saves(generic_files
     metrics = _train(argv)
     assert metrics["protocol"]["steps"] == 1 and metrics["protocol"]["best_step"] == 1
     assert [h["step"] for h in metrics["history"]] == [1] and metrics["history"][0]["seconds"] >= 0
-    assert metrics["test"]["users"] == 40 and metrics["run"]["max_steps"] == 1000
+    assert metrics["test"]["history_kept"]["users"] == 40 and metrics["run"]["max_steps"] == 1000
     assert metrics["run"]["mixed_precision"] == "no"  # no flag, no accelerate launch setting: full precision
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "metrics.json").is_file()
 
