@@ -302,7 +302,9 @@ class RecsysBertModel(PreTrainedModel):
         Args:
             user_vectors (`(users, dim)`), item_vectors (`(items, dim)`): unit vectors.
             history_ids (`(users, length)`): the catalogue indices of each user's recent history (-1 = padding), the
-                history the user vectors were computed from; `None` leaves the repeat term out.
+                history the user vectors were computed from; `None` leaves the repeat term out. The bias is a part
+                of the model and covers what the model sees, the last `max_history` items; excluding the history
+                (`--exclude_history`) is a rule on top of the scores and covers the whole history.
             first_item: the catalogue index of `item_vectors`' first row (a chunk of the catalogue).
         """
         logits = (user_vectors / self.config.score_temperature) @ item_vectors.T  # (users, items); users are fewer

@@ -211,3 +211,24 @@ def test_config_names_stay_clear_of_what_transformers_reserves(tmp_path):
     assert old.score_temperature == 0.2 and not hasattr(old, "temperature")
     old.save_pretrained(tmp_path / "again")
     assert "temperature" not in json.loads((tmp_path / "again" / "config.json").read_text())
+
+
+def test_the_public_api_and_automodel_after_importing_recsys_bert(tiny, tmp_path):
+    """`import recsys_bert` is all transformers' Auto classes need; the package's front door names the API."""
+    import subprocess
+    import sys
+
+    import recsys_bert
+
+    assert {"RecsysBertModel", "RecsysBertConfig", "load_model", "save_model"} <= set(recsys_bert.__all__)
+    model = recsys_bert.RecsysBertModel.from_encoder(recsys_bert.RecsysBertConfig(encoder_name_or_path=tiny))
+    model.save_pretrained(tmp_path)
+    code = (
+        "import sys, recsys_bert\n"
+        "from transformers import AutoConfig, AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(tmp_path)!r})\n"
+        "assert type(model) is recsys_bert.RecsysBertModel, type(model)\n"
+        f"assert type(AutoConfig.from_pretrained({str(tmp_path)!r})) is recsys_bert.RecsysBertConfig\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
