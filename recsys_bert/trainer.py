@@ -148,17 +148,17 @@ class Trainer:
         self.catalogue.compute_frozen_states(model, accelerator, args.per_device_eval_batch_size)
 
         # ---- prepare, then the number of steps of the sharded loader, then the schedule ----
+        self.collator = TrainCollator(self.catalogue, config, args)
         train_loader = DataLoader(
             data.train,
             batch_size=args.per_device_train_batch_size,
             shuffle=True,
-            collate_fn=TrainCollator(self.catalogue, config, args),
+            collate_fn=self.collator,
             num_workers=args.dataloader_num_workers,
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
         optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate)
-        self.collator = train_loader.collate_fn
         # the loader's batches stay on the CPU: the step's negatives and unique items are gathered there
         self.model, self.optimizer, self.train_loader = accelerator.prepare(
             model, optimizer, train_loader, device_placement=[True, True, False]
