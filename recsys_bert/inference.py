@@ -68,9 +68,6 @@ def quantize_int8(model: RecsysBertModel, scheme: str = "per_channel") -> Recsys
         return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
 
 
-# ---------------------------------------------------------------- ranking
-
-
 # ---------------------------------------------------------------- users
 
 
