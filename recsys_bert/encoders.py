@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,9 +73,19 @@ def _checked(encoder: PreTrainedModel) -> PreTrainedModel:
     return encoder
 
 
+_LAYER_LISTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> (parent, attribute), found once
+
+
 def layer_list(encoder: nn.Module) -> tuple[nn.Module, str]:
     """Where the encoder keeps its blocks: `(parent, attribute)` of its one `nn.ModuleList` of `num_hidden_layers`
-    layers (`encoder.layer` in BERT's layout, `transformer.layer` in DistilBERT's, `layers` in ModernBERT's)."""
+    layers (`encoder.layer` in BERT's layout, `transformer.layer` in DistilBERT's, `layers` in ModernBERT's).
+    Looked up once per encoder: every forward of a split encoder asks."""
+    if encoder not in _LAYER_LISTS:
+        _LAYER_LISTS[encoder] = _find_layer_list(encoder)
+    return _LAYER_LISTS[encoder]
+
+
+def _find_layer_list(encoder: nn.Module) -> tuple[nn.Module, str]:
     count = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
     found = [
         (parent, name)
