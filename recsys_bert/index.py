@@ -1,0 +1,201 @@
+"""Approximate index over the catalogue's item vectors (faiss, inner product): the index proposes candidates for
+each user, which are then scored exactly by the model's own formula, so what it returns differs from
+`recsys_bert.retrieval.top_k` only in items the index did not propose.
+
+An index is described by a few parameters (`index_params`): `factory`, a faiss index factory string such as
+`"Flat"`, `"HNSW32"` or `"IVF4096,Flat"`, fixed when the index is built, and the search-time `ef_search` (HNSW) and
+`nprobe` (IVF), set on an index at any time. Built indexes are cached beside the catalogue's vector cache in faiss's
+own file format, keyed by the vectors' cache key and the build-time parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from recsys_bert.modeling import RecsysBertModel
+from recsys_bert.utils import atomic_path, one_line
+
+logger = logging.getLogger(__name__)
+
+SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # our key -> faiss.ParameterSpace's name
+EXACT_BELOW = 100_000  # items: below this, the exact scan is about as fast (benchmarks/index_results.json)
+ADD_BLOCK = 1 << 18  # vectors converted to float32 and added at once: a float16 catalogue is never copied whole
+
+
+def index_params(num_items: int, dim: int) -> dict:
+    """Default index parameters for a catalogue of `num_items` vectors of width `dim`, after faiss's guidelines
+    (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index) and benchmarks/rank_throughput.py
+    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is as fast; above, HNSW
+    (32 links per vector), whose vectors are stored as 8-bit scalars once float32 storage would pass 8 GB.
+
+    Returns:
+        `{"factory": faiss index factory string, "ef_search": int}` (`ef_search` only for HNSW). IVF indexes
+        (`"IVF{nlist},Flat"`, nlist ~ 4-16 sqrt(items)) take `"nprobe"` instead.
+    """
+    if num_items < EXACT_BELOW:
+        return {"factory": "Flat"}
+    storage = ",SQ8" if num_items * dim * 4 > 8 * 2**30 else ""
+    return {"factory": f"HNSW32{storage}", "ef_search": 128}
+
+
+def set_search_params(index: faiss.Index, params: dict) -> None:
+    """Sets the search-time parameters of `params` (`ef_search`, `nprobe`) that apply to `index`."""
+    space = faiss.ParameterSpace()
+    for key, name in SEARCH_PARAMS.items():
+        if params.get(key) is not None:
+            space.set_index_parameter(index, name, params[key])
+
+
+def build_index(vectors: torch.Tensor, params: dict) -> faiss.Index:
+    """An inner-product index over `vectors` (`(items, dim)`, unit rows, float32 or float16: added in blocks of
+    `ADD_BLOCK` rows), with faiss using torch's number of threads.
+
+    Args:
+        params: `factory` (faiss index factory string) and the search-time parameters (`ef_search`, `nprobe`).
+    """
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    num_items, dim = vectors.shape
+    index = faiss.index_factory(dim, params["factory"], faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:  # IVF centroids, scalar quantizer ranges: trained on a fixed random sample
+        ivf = faiss.try_extract_index_ivf(index)
+        size = min(num_items, max(100_000, 64 * ivf.nlist if ivf is not None else 0))
+        rows = torch.randperm(num_items, generator=torch.Generator().manual_seed(0))[:size].sort().values
+        index.train(_float32(vectors[rows]))
+    for start in range(0, num_items, ADD_BLOCK):
+        index.add(_float32(vectors[start : start + ADD_BLOCK]))
+    set_search_params(index, params)
+    return index
+
+
+def _float32(vectors: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(vectors.detach().cpu().float().numpy())
+
+
+def index_path(cache_dir: Path, key: str, params: dict) -> Path:
+    """`<cache_dir>/<key>.<hash of the build-time params>.faiss`: search-time params never change the file."""
+    build = {name: value for name, value in sorted(params.items()) if name not in SEARCH_PARAMS}
+    return cache_dir / f"{key}.{hashlib.sha256(json.dumps(build).encode()).hexdigest()[:12]}.faiss"
+
+
+def load_or_build(vectors: torch.Tensor, cache_dir: Path | None, key: str, params: dict) -> tuple[faiss.Index, bool]:
+    """The index of `vectors` from `cache_dir` (beside the vector cache, under the vectors' cache `key`), or built
+    and written there (to a temporary name, renamed); a damaged or mismatched file is rebuilt with a warning.
+
+    Returns:
+        The index, with `params`' search-time parameters set, and whether it came from disk.
+    """
+    path = index_path(cache_dir, key, params) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            index = faiss.read_index(str(path))
+            if index.ntotal == vectors.shape[0] and index.d == vectors.shape[1]:
+                faiss.omp_set_num_threads(torch.get_num_threads())
+                set_search_params(index, params)
+                return index, True
+            logger.warning("rebuilding the index %s: it holds %d vectors of %d, not %d of %d",
+                           path, index.ntotal, index.d, *vectors.shape)  # fmt: skip
+        except Exception as err:  # a damaged index file is rebuilt, never fatal
+            logger.warning("rebuilding the damaged index %s (%s)", path, one_line(err))
+    index = build_index(vectors, params)
+    if path is not None:
+        try:
+            with atomic_path(path) as tmp:
+                faiss.write_index(index, str(tmp))
+        except (OSError, RuntimeError) as err:
+            logger.warning("could not write the index %s (%s)", path, one_line(err))
+    return index, False
+
+
+def _members(candidates: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`(users, c)` bool: which of each row's `candidates` are among the same row's `ids` `(users, n)` (-1 = none)."""
+    if ids.shape[1] == 0:
+        return torch.zeros_like(candidates, dtype=torch.bool)
+    ids = ids.sort(dim=1).values  # (users, n)
+    position = torch.searchsorted(ids, candidates).clamp(max=ids.shape[1] - 1)  # (users, c)
+    return (ids.gather(1, position) == candidates) & (candidates >= 0)
+
+
+def _longest(ids: torch.Tensor | None) -> int:
+    return int((ids >= 0).sum(dim=1).max()) if ids is not None and ids.numel() else 0
+
+
+@torch.no_grad()
+def index_top_k(
+    index: faiss.Index,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    model: RecsysBertModel,
+    history_ids: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    candidates: int | None = None,
+    ties_against: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `k` best items per user among the index's candidates, scored exactly as `model.score` scores them.
+
+    The index is searched with the user vectors for `candidates` items by dot product; each user's `history_ids`
+    are added to them (the repeat bias, which the index can't see, may lift them into the top `k`), and the
+    candidates are scored by the model's formula, (dot(user, item) + `repeat_bias` if the item is in
+    `history_ids`) / `score_temperature`, from `items`: where the index proposes every item that
+    `retrieval.top_k` returns (an exhaustive index, or any index at full recall), the lists are the same.
+
+    Args:
+        index: an inner-product index over `items` (`build_index`, `load_or_build`).
+        users (`(users, dim)`), items (`(items, dim)`; float16 is read as float32): unit vectors.
+        model: the recommender whose `score` this reproduces (`score_temperature`, `repeat_bias`).
+        history_ids (`(users, length)`): the catalogue indices the repeat bias covers, as `model.score` takes them
+            (-1 = padding; indices past `items`, such as new texts, are ignored); always scored.
+        exclude (`(users, n)`): item indices each user must not get (-1 = padding), as `retrieval.top_k`.
+        candidates: items asked from the index per user; default `2 k` + the longest `exclude` and `history_ids`
+            rows, enough for an exact index (`Flat`) to give exactly `retrieval.top_k`'s lists whatever the sign
+            of the repeat bias (a history pushed down can't leave the list short).
+        ties_against (`(users,)`): an item per user (-1 = none) placed after every candidate with the same score,
+            as `retrieval.top_k` places it.
+
+    Returns:
+        logits `(users, k')` best first, their item indices `(users, k')`, and the log of the softmax normalizer
+        `(users,)`, as `retrieval.top_k` returns them (`k' = min(k, items)`), except that the normalizer sums over
+        the scored candidates only, not the catalogue: probabilities from it are a softmax over the candidates,
+        larger than the catalogue's. Rows short of `k'` valid candidates end in logit -inf (excluded items, or
+        index -1 where the index found fewer items).
+    """
+    num_items = items.shape[0]
+    k = max(1, min(k, num_items))
+    wanted = min(num_items, max(k, candidates or 2 * k + _longest(exclude) + _longest(history_ids)))
+    _, found = index.search(_float32(users), wanted)  # (users, wanted), -1 where the index found fewer
+    found = torch.from_numpy(found).to(users.device)
+    if history_ids is not None:
+        found = torch.cat([found, history_ids.masked_fill(history_ids >= num_items, -1)], dim=1)  # (users, c)
+    found = found.sort(dim=1).values
+    repeated = torch.zeros_like(found, dtype=torch.bool)
+    repeated[:, 1:] = found[:, 1:] == found[:, :-1]
+    found = found.masked_fill(repeated, -1)  # (users, c), each candidate once
+    valid = found >= 0
+
+    # model.score's formula on each user's own candidates
+    candidate_vectors = items[found.clamp(min=0)].to(users.dtype)  # (users, c, dim)
+    logits = (candidate_vectors @ (users / model.config.score_temperature)[:, :, None]).squeeze(2).float()
+    if history_ids is not None:
+        repeat = _members(found, history_ids)  # (users, c)
+        logits[repeat] += (model.repeat_bias / model.config.score_temperature).float()
+    logits[~valid] = -torch.inf
+    if exclude is not None:
+        logits[_members(found, exclude)] = -torch.inf
+    target = None
+    if ties_against is not None:  # one step down to the next float: after its equals, before anything lower
+        target = (found == ties_against[:, None]) & valid  # (users, c)
+        logits[target] = torch.nextafter(logits[target], logits.new_tensor(-torch.inf))
+    log_normalizer = logits.double().logsumexp(dim=1).float()  # (users,) over the candidates
+    best_logits, order = logits.topk(k, dim=1)  # (users, k)
+    best_index = found.gather(1, order)
+    if ties_against is not None:  # the moved item's own score back
+        moved = target.gather(1, order)
+        best_logits[moved] = torch.nextafter(best_logits[moved], best_logits.new_tensor(torch.inf))
+    return best_logits, best_index, log_normalizer
