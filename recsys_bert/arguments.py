@@ -245,6 +245,28 @@ class RecommendArguments:
         default=False, metadata={"help": "Never recommend an item the user already has (the split's target aside)."}
     )
     batch_size: int = field(default=256, metadata={"help": "Users per ranking batch and items per encoding batch."})
+    diversify: str | None = field(
+        default=None,
+        metadata={
+            "help": "Re-rank each user's best 10 x top_k items for diversity over the item vectors: 'mmr' (maximal "
+            "marginal relevance) or 'dpp' (greedy MAP of a determinantal point process, Chen et al. 2018).",
+            "choices": ["mmr", "dpp"],
+        },
+    )
+    diversity_lambda: float = field(
+        default=0.5,
+        metadata={
+            "help": "With --diversify: the weight of relevance against diversity, 1 = the plain top-K, 0 = most "
+            "diverse."
+        },
+    )
+    explain: int = field(
+        default=0,
+        metadata={
+            "help": "For each recommended item, the N history items that drove it, in a 'because' column: item ids, "
+            "the drop of the item's score when each is left out of the history, and its share of the drops."
+        },
+    )
     item_chunk_size: int = field(
         default=100_000,
         metadata={"help": "Items scored at once: memory stays at batch_size x item_chunk_size scores."},

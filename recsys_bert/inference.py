@@ -17,7 +17,6 @@ import logging
 import os
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 
 import datasets
@@ -31,18 +30,20 @@ from tqdm.auto import tqdm
 from recsys_bert.arguments import DataArguments, RecommendArguments
 from recsys_bert.catalogue import Catalogue
 from recsys_bert.cli import configure_logging
-from recsys_bert.collators import EvalCollator
-from recsys_bert.data import format_skipped, load_data, load_items, tokenize_items
+from recsys_bert.data import format_skipped
 from recsys_bert.distributed import has_accelerator
 from recsys_bert.evaluation import user_vectors
+from recsys_bert.explain import explain
 from recsys_bert.modeling import RecsysBertModel, load_model
-from recsys_bert.retrieval import catalogue_vectors, default_vector_cache, fingerprint, top_k
+from recsys_bert.recommender import load_catalogue, rank, user_collator, with_texts
+from recsys_bert.retrieval import catalogue_vectors, default_vector_cache, fingerprint
 from recsys_bert.utils import InputError
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_EXTENSIONS = (".jsonl", ".csv", ".parquet", ".txt")
 SALT_VARIABLE = "RECSYS_BERT_USER_ID_SALT"
+BECAUSE = pa.struct([("item_id", pa.string()), ("drop", pa.float32()), ("share", pa.float32())])
 
 
 # ---------------------------------------------------------------- the model
@@ -246,21 +247,9 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     config = model.config
 
     # ---- the catalogue and the users ----
-    skipped: dict[str, int] = {}
-    split_rows = None
     with accelerator.main_process_first():
-        if data_args.data_format != "generic" or data_args.interactions:
-            data = load_data(data_args, max_history=config.max_history, seed=args.seed)
-            items, skipped = data.items, dict(data.skipped)
-            split_rows = data.valid if args.split == "valid" else data.test
-        elif data_args.items:
-            items = datasets.Dataset.from_pandas(
-                load_items(data_args.items, data_args.item_id_column, data_args.text_template, skipped),
-                preserve_index=False,
-            )
-        else:
-            raise InputError("no catalogue: give --config, --data_dir, --items (with --interactions for a split)")
-        items = tokenize_items(items, tokenizer, config.max_item_tokens)
+        items, data, skipped = load_catalogue(data_args, tokenizer, config, args.seed)
+    split_rows = None if data is None else (data.valid if args.split == "valid" else data.test)
     item_ids = np.asarray(items["item_id"], dtype=object)
     catalogue = Catalogue.from_items(items, tokenizer.pad_token_id)
     if args.users:
@@ -282,14 +271,10 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         cache_key = fingerprint(model, catalogue, "int8")
         model = quantize_int8(model)
     vectors, cache_hit = catalogue_vectors(model, catalogue, accelerator, args.batch_size, cache_dir, cache_key)
-    history_catalogue = catalogue
-    if new_texts:  # cold start: items unseen at training, embedded from their text; history only, never ranked
-        new_ids = tokenize_items(datasets.Dataset.from_dict({"text": new_texts}), tokenizer, config.max_item_tokens)
-        new_catalogue = Catalogue(new_ids["input_ids"], tokenizer.pad_token_id)
-        vectors = torch.cat([vectors, new_catalogue.item_vectors(model, accelerator, args.batch_size).cpu()])
-        if config.user_tower == "text":
-            token_lists = items.data.column("input_ids").to_pylist() + new_ids.data.column("input_ids").to_pylist()
-            history_catalogue = Catalogue(token_lists, tokenizer.pad_token_id)
+    # cold start: items unseen at training, embedded from their text; history only, never ranked
+    vectors, history_catalogue = with_texts(
+        model, tokenizer, items, catalogue, vectors, new_texts, accelerator, args.batch_size
+    )
     vectors = vectors.to(accelerator.device)  # (items + new texts, dim)
     encoded = time.perf_counter()
 
@@ -297,22 +282,18 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     impressions = isinstance(rows, datasets.Dataset) and "candidates" in rows.column_names
     if output.suffix.lower() == ".txt" and not impressions:
         raise InputError(f"{output}: .txt is MIND's prediction.txt, for impression data; use .jsonl, .csv or .parquet")
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, process = accelerator.num_processes, accelerator.process_index
     bounds = np.linspace(0, len(rows), world + 1).astype(int)
-    part = output.with_name(f".{output.name}.part-{rank}.parquet")
+    part = output.with_name(f".{output.name}.part-{process}.parquet")
     writer = RowWriter(output if world == 1 else part)
-    collator = EvalCollator(
-        config.max_history,
-        full_history=args.exclude_history,
-        catalogue=history_catalogue if config.user_tower == "text" else None,
-        max_user_tokens=config.max_user_tokens,
-    )
+    collator = user_collator(config, args.exclude_history, history_catalogue)
     num_items = len(catalogue)
-    starts = range(bounds[rank], bounds[rank + 1], args.batch_size)
+    names = np.concatenate([item_ids, np.asarray(new_texts, dtype=object)])  # what history indices name
+    starts = range(bounds[process], bounds[process + 1], args.batch_size)
     progress = tqdm(total=len(rows), desc="Ranking", disable=not accelerator.is_local_main_process, unit="user")
     try:
         for begin in starts:
-            end = min(begin + args.batch_size, bounds[rank + 1])
+            end = min(begin + args.batch_size, bounds[process + 1])
             batch_rows = _row_dicts(rows, begin, end)
             batch = {key: value.to(accelerator.device) for key, value in collator(batch_rows).items()}
             users = user_vectors(model, batch, vectors, accelerator)  # (users, dim)
@@ -322,14 +303,16 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
             if impressions:
                 table = _impression_table(model, users, vectors[:num_items], batch, batch_rows, user_ids, item_ids)
             else:
-                exclude, targets = batch.get("full_history_ids"), batch.get("target_ids")
-                if exclude is not None and targets is not None:  # the split's target stays rankable
-                    exclude = exclude.masked_fill(exclude == targets[:, None], -1)
-                score = partial(model.score, history_ids=batch["history_ids"])
-                logits, index, log_normalizer = top_k(
-                    users, vectors[:num_items], args.top_k, score, exclude, args.item_chunk_size, targets
-                )
-                table = _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows)
+                logits, index, log_normalizer = rank(
+                    model, batch, users, vectors[:num_items], args.top_k, args.item_chunk_size, args.diversify,
+                    args.diversity_lambda,
+                )  # fmt: skip
+                because = None
+                if args.explain:
+                    because = explain(
+                        model, batch_rows, index, logits, vectors, collator, accelerator, args.explain, args.batch_size
+                    )
+                table = _ranking_table(logits, index, log_normalizer, user_ids, names, batch_rows, split_rows, because)
             writer.write(table)
             progress.update(world * len(batch_rows))
     except BaseException:
@@ -366,9 +349,11 @@ def _row_dicts(rows, begin: int, end: int) -> list[dict]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
-def _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows) -> pa.Table:
+def _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows, split_rows, because) -> pa.Table:
     """One row per user: `user_id`, `item_ids`, `scores` (logits), `probabilities` (softmax over the catalogue),
-    and `target_id` for the users of a split. Items excluded by `exclude_history` (logit -inf) are left out."""
+    `target_id` for the users of a split, and with `--explain`, `because`: per recommended item, the history items
+    that drove it (`item_id`, `drop` of the score without it, `share`). Items excluded by `exclude_history`
+    (logit -inf) are left out."""
     logits, index = logits.cpu(), index.cpu()
     probabilities = (logits - log_normalizer.cpu()[:, None]).exp()  # (users, k)
     keep = torch.isfinite(logits)
@@ -380,6 +365,15 @@ def _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows
     }
     if split_rows is not None and "target" in batch_rows[0]:
         columns["target_id"] = [item_ids[row["target"]] for row in batch_rows]
+    if because is not None:
+        columns["because"] = [
+            [
+                [{"item_id": item_ids[h], "drop": drop, "share": share} for h, drop, share in reasons]
+                for reasons, kept in zip(user, k.tolist())
+                if kept
+            ]
+            for user, k in zip(because, keep)
+        ]
     return pa.table(
         columns,
         schema=pa.schema(
@@ -389,6 +383,7 @@ def _ranking_table(logits, index, log_normalizer, user_ids, item_ids, batch_rows
                 ("scores", pa.list_(pa.float32())),
                 ("probabilities", pa.list_(pa.float32())),
                 *([("target_id", pa.string())] if "target_id" in columns else []),
+                *([("because", pa.list_(pa.list_(BECAUSE)))] if "because" in columns else []),
             ]
         ),
     )

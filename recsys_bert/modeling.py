@@ -315,6 +315,28 @@ class RecsysBertModel(PreTrainedModel):
         logits[rows, columns] += self.repeat_bias / self.config.score_temperature
         return logits
 
+    def score_candidates(
+        self,
+        user_vectors: torch.Tensor,
+        candidate_vectors: torch.Tensor,
+        candidate_ids: torch.Tensor,
+        history_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits `(users, n)` of each user's own candidates, the values `score` gives them over the catalogue (up to
+        float rounding): for re-scoring an index's candidates, or one user's recommendations by several user vectors.
+
+        Args:
+            user_vectors (`(users, dim)`): unit vectors.
+            candidate_vectors (`(users, n, dim)`): each user's candidates' unit vectors.
+            candidate_ids (`(users, n)`): their catalogue indices, which the repeat bias looks up in `history_ids`.
+            history_ids (`(users, length)`): as for `score` (-1 = padding); `None` leaves the repeat term out.
+        """
+        logits = torch.einsum("ud,und->un", user_vectors / self.config.score_temperature, candidate_vectors)
+        if history_ids is None:
+            return logits  # (users, n)
+        repeat = (candidate_ids[:, :, None] == history_ids[:, None, :]) & (history_ids[:, None, :] >= 0)
+        return logits + repeat.any(dim=2) * (self.repeat_bias / self.config.score_temperature)  # (users, n)
+
     def forward(
         self,
         item_attention_mask: torch.Tensor,

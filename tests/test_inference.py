@@ -105,6 +105,62 @@ def test_output_formats_hold_the_same_rows(trained, tmp_path):
         _recommend("--model", str(folder), *data_flags, "--output", str(tmp_path / "r.xlsx"))
 
 
+def test_explanations_and_diversification_in_every_format_and_in_the_python_api(trained, generic_files, tmp_path):
+    folder, data_flags = trained
+    ratings = pd.read_csv(generic_files[1], dtype=str)
+    users = [
+        {
+            "user_id": str(user),
+            "history": ratings[ratings.user_id == str(user)].sort_values("timestamp").item_id.tolist()[-8:],
+        }
+        for user in (1, 2, 3)
+    ]
+    (tmp_path / "users.jsonl").write_text("".join(json.dumps(u) + "\n" for u in users))
+    flags = ["--model", str(folder), "--items", data_flags[1], "--text_template", "{title}. {genres}",
+             "--users", str(tmp_path / "users.jsonl"), "--top_k", "6", "--exclude_history"]  # fmt: skip
+    frames = {}
+    for suffix in (".parquet", ".jsonl", ".csv"):
+        _recommend(*flags, "--explain", "2", "--output", str(tmp_path / f"r{suffix}"))
+        frames[suffix] = _read(tmp_path / f"r{suffix}")
+    frames[".csv"]["because"] = frames[".csv"]["because"].map(json.loads)
+    reference = frames[".parquet"]
+    assert list(reference.columns) == ["user_id", "item_ids", "scores", "probabilities", "because"]
+    for frame in frames.values():
+        for ids, because, user in zip(frame.item_ids, frame.because, users):
+            assert len(because) == len(ids) == 6
+            assert all(
+                len(reasons) == 2 and {r["item_id"] for r in reasons} <= set(user["history"]) for reasons in because
+            )
+        assert [[[r["item_id"] for r in x] for x in b] for b in frame.because] == [
+            [[r["item_id"] for r in x] for x in b] for b in reference.because
+        ]
+    # the Python API gives the same lists and explanations for the same histories
+    from recsys_bert.recommender import Recommender, load_catalogue, run_data_args
+
+    reset_accelerate_state()
+    model, tokenizer = load_model(folder)
+    data_args = run_data_args(folder)
+    data_args.interactions = None  # the catalogue alone, as recommend.py read it with --items
+    items, _, _ = load_catalogue(data_args, tokenizer, model.config)
+    recommender = Recommender(model, tokenizer, items, vector_cache=None)
+    results = recommender.recommend([u["history"] for u in users], top_k=6, exclude_history=True, explain=2)
+    for entries, ids, scores, because in zip(results, reference.item_ids, reference.scores, reference.because):
+        assert_same_ranking_up_to_ties([e["item_id"] for e in entries], [e["score"] for e in entries], ids, scores)
+        for entry, item, reasons in zip(entries, ids, because):
+            if entry["item_id"] == item:
+                assert [r["item_id"] for r in entry["because"]] == [r["item_id"] for r in reasons]
+                np.testing.assert_allclose(
+                    [r["drop"] for r in entry["because"]], [r["drop"] for r in reasons], atol=1e-4
+                )
+    # MMR with lambda 1 is the plain top-K; lambda .2 spreads the list over other items
+    _recommend(*flags, "--diversify", "mmr", "--diversity_lambda", "1", "--output", str(tmp_path / "mmr1.jsonl"))
+    _recommend(*flags, "--output", str(tmp_path / "plain.jsonl"))
+    plain, mmr1 = _read(tmp_path / "plain.jsonl"), _read(tmp_path / "mmr1.jsonl")
+    assert plain.item_ids.tolist() == mmr1.item_ids.tolist()
+    _recommend(*flags, "--diversify", "dpp", "--diversity_lambda", "0.2", "--output", str(tmp_path / "dpp.jsonl"))
+    assert _read(tmp_path / "dpp.jsonl").item_ids.tolist() != plain.item_ids.tolist()
+
+
 def test_second_run_hits_the_vector_cache(trained, tmp_path, monkeypatch):
     folder, data_flags = trained
     flags = ["--model", str(folder), *data_flags, "--vector_cache", str(tmp_path / "cache")]
