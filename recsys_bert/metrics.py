@@ -4,9 +4,15 @@ Full ranking (one target per user): everything follows from the target's rank am
 broken against the target (an item scoring the same as the target ranks before it). Impression ranking (MIND):
 AUC, MRR, nDCG@5 and nDCG@10 per impression, averaged over impressions, as MIND's official `evaluate.py`
 computes them.
+
+Beyond accuracy (top-K lists): catalogue coverage, Gini index, average popularity, tail share, novelty, intra-list
+diversity and calibration, each following one library's definition (named in its docstring), so that a figure
+means what it means there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -151,3 +157,150 @@ def _average_ranks(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     ranks = np.empty_like(average)
     np.put_along_axis(ranks, order, average, 1)
     return ranks
+
+
+# ---------------------------------------------------------------- beyond accuracy: top-K lists
+# `lists` is `(users, K)`, int: each user's recommended item indices, best first.
+
+
+def catalogue_coverage(lists: np.ndarray, num_items: int) -> float:
+    """Distinct recommended items / all items: RecBole 1.2.1's `ItemCoverage` (= rectools' `CatalogCoverage` with
+    `normalize=True`)."""
+    return len(np.unique(lists)) / num_items
+
+
+def gini_index(lists: np.ndarray, num_items: int) -> float:
+    """Gini index of how often each item is recommended, over all items (never recommended ones count 0): 0 when
+    every item is recommended equally often, towards 1 when a few items take every list. RecBole 1.2.1's
+    `GiniIndex`: sum over items sorted by count, ascending, of (2i - n - 1) count_i / (n * all counts)."""
+    counts = np.sort(np.bincount(lists.ravel(), minlength=num_items))  # (items,) ascending
+    position = np.arange(1, num_items + 1)
+    return float(((2 * position - num_items - 1) * counts).sum() / (num_items * counts.sum()))
+
+
+def average_popularity(lists: np.ndarray, item_counts: np.ndarray) -> float:
+    """Mean over users of the mean training interaction count of their recommended items: RecBole 1.2.1's
+    `AveragePopularity` (= rectools' `AvgRecPopularity`)."""
+    return float(item_counts[lists].mean(axis=1).mean())
+
+
+def tail_items(item_counts: np.ndarray, share: float = 0.8) -> np.ndarray:
+    """`(items,)` bool: the `share` least popular items, by training count, of all items (never seen in training:
+    count 0). As RecBole 1.2.1's `TailPercentage` (`tail_ratio` = `share`): items sorted by (count, item index)
+    and the first max(int(share * items), 1) taken, so ties at the cut go to the items of lower index; RecBole's
+    counter leaves out the items without a training interaction, here they count 0 and belong to the tail."""
+    order = np.lexsort((np.arange(len(item_counts)), item_counts))  # by count, then by index
+    tail = np.zeros(len(item_counts), dtype=bool)
+    tail[order[: max(int(len(item_counts) * share), 1)]] = True
+    return tail
+
+
+def tail_share(lists: np.ndarray, item_counts: np.ndarray, share: float = 0.8) -> float:
+    """Mean over users of the share of their recommendations from the tail (`tail_items`): RecBole 1.2.1's
+    `TailPercentage`."""
+    return float(tail_items(item_counts, share)[lists].mean(axis=1).mean())
+
+
+def novelty(lists: np.ndarray, item_users: np.ndarray, num_users: int) -> float:
+    """Mean over users of the mean -log2(users(i) / users) of their recommended items, users(i) = the training
+    users who interacted with item i, users = every user with a training interaction: rectools'
+    `MeanInvUserFreq` (items without a training user count as one user, as there)."""
+    users = np.maximum(item_users[lists], 1)  # (users, K)
+    return float((-np.log2(users / num_users)).mean(axis=1).mean())
+
+
+def intra_list_diversity(lists: np.ndarray, item_vectors: np.ndarray, chunk: int = 1024) -> float:
+    """Mean over users of the mean over pairs of their recommended items of 1 - cosine(item vectors): microsoft
+    recommenders' `diversity` with `item_sim_measure="item_feature_vector"` (= rectools' `IntraListDiversity`
+    with cosine distance). 0 for lists of one item."""
+    k = lists.shape[1]
+    if k < 2:
+        return 0.0
+    unit = item_vectors / np.linalg.norm(item_vectors, axis=1, keepdims=True)
+    upper = np.triu(np.ones((k, k), dtype=bool), 1)  # each pair once
+    values = []
+    for start in range(0, len(lists), chunk):  # chunk x K x dim at a time
+        vectors = unit[lists[start : start + chunk]]  # (users, K, dim)
+        cosine = vectors @ vectors.transpose(0, 2, 1)  # (users, K, K)
+        values.append((1 - cosine[:, upper]).mean(axis=1))
+    return float(np.concatenate(values).mean())
+
+
+def category_distribution(item_lists: np.ndarray, item_categories: np.ndarray) -> np.ndarray:
+    """Each row's category distribution: the mean of p(category | item) over its items (Steck 2018, uniform
+    weights), `(rows, categories)`; items without a category are left out, a row without any is all zeros.
+
+    Args:
+        item_lists (`(rows, length)`, int): item indices, -1 = padding.
+        item_categories (`(items, categories)`): p(category | item), each row summing to 1 (or 0: no category).
+    """
+    rows, columns = np.nonzero(item_lists >= 0)
+    items = item_lists[rows, columns]
+    totals = np.stack(
+        [np.bincount(rows, weights=item_categories[items, c], minlength=len(item_lists))
+         for c in range(item_categories.shape[1])], axis=1,
+    )  # fmt: skip
+    mass = totals.sum(axis=1, keepdims=True)  # (rows, 1): how many items had a category
+    return np.divide(totals, mass, out=np.zeros_like(totals), where=mass > 0)
+
+
+def calibration(
+    lists: np.ndarray, item_categories: np.ndarray, history_distribution: np.ndarray, alpha: float = 0.01
+) -> float | None:
+    """Miscalibration of Steck 2018 ("Calibrated recommendations", eq. 2-3): mean over users of KL(p || q~) in
+    nats, p the categories of the user's history, q those of its list, q~ = (1 - alpha) q + alpha p; 0 when the
+    list has the history's category mix. Users whose history or list has no categorised item are left out; None
+    when no user is left.
+
+    Args:
+        item_categories (`(items, categories)`): p(category | item), see `category_distribution`.
+        history_distribution (`(users, categories)`): p, `category_distribution` of each user's history.
+    """
+    p, q = history_distribution, category_distribution(lists, item_categories)
+    kept = (p.sum(axis=1) > 0) & (q.sum(axis=1) > 0)
+    if not kept.any():
+        return None
+    p, q = p[kept], q[kept]
+    smoothed = (1 - alpha) * q + alpha * p  # > 0 wherever p > 0
+    ratio = np.divide(p, smoothed, out=np.ones_like(p), where=p > 0)  # categories with p = 0 add 0
+    return float((p * np.log(ratio)).sum(axis=1).mean())
+
+
+@dataclass
+class ItemStatistics:
+    """What the beyond-accuracy metrics measure top-K lists against (NumPy, on the CPU).
+
+    Args:
+        counts (`(items,)`): training interactions per item (popularity, tail).
+        users (`(items,)`): distinct training users per item (novelty).
+        num_users: users with a training interaction.
+        vectors (`(items, dim)`): the item vectors of diversity, the same for every system compared (recsys-bert:
+            the zero-shot encoder's).
+        categories (`(items, categories)`, optional): p(category | item) for calibration; None: not computed.
+    """
+
+    counts: np.ndarray
+    users: np.ndarray
+    num_users: int
+    vectors: np.ndarray
+    categories: np.ndarray | None = None
+
+
+def beyond_accuracy(lists: np.ndarray, items: ItemStatistics, history_distribution: np.ndarray | None = None) -> dict:
+    """Every beyond-accuracy metric of the top-K lists `(users, K)`, keys `name@K`; `calibration@K` where
+    `items.categories` and the histories' `history_distribution` (`category_distribution`) are given and some
+    user has categories in both."""
+    k, num_items = lists.shape[1], len(items.counts)
+    metrics = {
+        f"coverage@{k}": catalogue_coverage(lists, num_items),
+        f"gini@{k}": gini_index(lists, num_items),
+        f"average_popularity@{k}": average_popularity(lists, items.counts),
+        f"tail_share@{k}": tail_share(lists, items.counts),
+        f"novelty@{k}": novelty(lists, items.users, items.num_users),
+        f"diversity@{k}": intra_list_diversity(lists, items.vectors),
+    }
+    if items.categories is not None and history_distribution is not None:
+        value = calibration(lists, items.categories, history_distribution)
+        if value is not None:
+            metrics[f"calibration@{k}"] = value
+    return metrics
