@@ -2,7 +2,9 @@
 
 One loop serves the trained model and the baselines: a scorer maps a batch of users to scores over all items.
 Users are split across processes and their results gathered with `gather_for_metrics`, which drops the duplicates
-that even batches add, so no user is counted twice.
+that even batches add, so no user is counted twice. Given the items' statistics, full ranking also keeps every user's
+top-10 list in both protocols, for the beyond-accuracy metrics (coverage, popularity, novelty, diversity,
+calibration).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from recsys_bert.collators import EvalCollator
-from recsys_bert.metrics import impression_metrics, ranking_metrics, target_ranks
+from recsys_bert.metrics import (
+    ItemStatistics,
+    beyond_accuracy,
+    category_distribution,
+    impression_metrics,
+    ranking_metrics,
+    target_ranks,
+)
 from recsys_bert.modeling import RecsysBertModel
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> (users, items) scores
@@ -31,6 +40,7 @@ def eval_loader(
 
 
 PROTOCOLS = ("history_kept", "history_excluded")  # the user's history items ranked among the others, or left out
+LIST_LENGTH = 10  # K of the beyond-accuracy metrics
 
 
 def protocol(exclude_history: bool) -> str:
@@ -44,6 +54,7 @@ def evaluate(
     ks: list[int],
     description: str = "Evaluating",
     return_ranks: bool = False,
+    items: ItemStatistics | None = None,
 ) -> dict | tuple[dict, dict]:
     """Metrics of `scorer` on the rows of `loader` (from `eval_loader`, with `EvalCollator(full_history=True)`).
 
@@ -52,13 +63,17 @@ def evaluate(
         ks: the cut-offs of the @K metrics (full ranking).
         return_ranks: also return each protocol's per-user target ranks `(users,)` (every process's users, in the
             loader's order: the same users in the same order for every scorer), for paired comparisons.
+        items: the items' statistics; full ranking then adds each protocol's `beyond_accuracy` metrics of the
+            top-`LIST_LENGTH` lists (calibration against each user's whole history where `items.categories`).
 
     Returns:
         Full ranking: `{"history_kept": metrics, "history_excluded": metrics}`, both protocols from the same scores
-        (excluded: the user's history items, the target aside, left out of the ranking), each with `users`.
+        (excluded: the user's history items, the target aside, left out of the ranking), each with `users` (and
+        `beyond_accuracy` given `items`).
         Impression rows (MIND): MIND's impression metrics.
     """
     ranks, labels, scores = {name: [] for name in PROTOCOLS}, [], []
+    lists, history_distributions = {name: [] for name in PROTOCOLS}, []  # top-K lists, categories of histories
     for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with torch.no_grad():
             batch_scores = scorer(batch).float()  # (users, items)
@@ -77,12 +92,20 @@ def evaluate(
             scores.append(accelerator.gather_for_metrics(candidate_scores).cpu())
             continue
         targets = batch["target_ids"]  # (users,)
-        ranks["history_kept"].append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
         history = batch["full_history_ids"]  # (users, longest history)
-        drop = (history >= 0) & (history != targets[:, None])
-        rows_index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
-        batch_scores[rows_index[drop], history[drop]] = -torch.inf
-        ranks["history_excluded"].append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
+        if items is not None and items.categories is not None:
+            distribution = category_distribution(history.cpu().numpy(), items.categories)  # (users, categories)
+            distribution = torch.from_numpy(distribution).to(accelerator.device)  # gathered where the ranks are
+            history_distributions.append(accelerator.gather_for_metrics(distribution).cpu())
+        for name in PROTOCOLS:
+            if name == "history_excluded":
+                drop = (history >= 0) & (history != targets[:, None])
+                rows_index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
+                batch_scores[rows_index[drop], history[drop]] = -torch.inf
+            ranks[name].append(accelerator.gather_for_metrics(target_ranks(batch_scores, targets)).cpu())
+            if items is not None:
+                top = batch_scores.topk(min(LIST_LENGTH, batch_scores.shape[1]), dim=1).indices  # (users, K)
+                lists[name].append(accelerator.gather_for_metrics(top).cpu())
     if labels:
         label_rows = [row for part in labels for row in part]
         score_rows = [row for part in scores for row in part]
@@ -93,6 +116,10 @@ def evaluate(
         return (metrics, {}) if return_ranks else metrics
     ranks = {name: torch.cat(parts) for name, parts in ranks.items()}  # (users,) each
     metrics = {name: {**ranking_metrics(ranks[name], ks), "users": len(ranks[name])} for name in PROTOCOLS}
+    if items is not None:
+        distribution = torch.cat(history_distributions).numpy() if history_distributions else None
+        for name in PROTOCOLS:
+            metrics[name]["beyond_accuracy"] = beyond_accuracy(torch.cat(lists[name]).numpy(), items, distribution)
     return (metrics, ranks) if return_ranks else metrics
 
 
