@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -54,7 +57,7 @@ from recsys_bert.evaluation import (
 )
 from recsys_bert.hub import ITEM_ENCODER_FOLDER, public_name, push_to_hub, save_item_encoder, write_model_card
 from recsys_bert.losses import step_loss
-from recsys_bert.metrics import paired_bootstrap, per_user
+from recsys_bert.metrics import ItemStatistics, paired_bootstrap, per_user
 from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, save_model
 from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
 
@@ -186,6 +189,7 @@ class Trainer:
         self.summary = self._summary(start)
         self.state = TrainerState()
         self.baseline_ranks: dict[str, dict] = {}
+        self.item_statistics: ItemStatistics | None = None  # full ranking: set by `train`, before any evaluation
 
     def _summary(self, start: float) -> dict:
         """The run's size and setting, logged at the start and written to `metrics.json`."""
@@ -212,7 +216,8 @@ class Trainer:
 
     def _evaluate(self, scorer, loader, description: str) -> tuple[dict, dict]:
         """Both protocols' metrics (MIND: impression metrics) and their per-user target ranks."""
-        return evaluate(scorer, loader, self.accelerator, self.args.eval_ks, description, return_ranks=True)
+        return evaluate(scorer, loader, self.accelerator, self.args.eval_ks, description, return_ranks=True,
+                        items=self.item_statistics)  # fmt: skip
 
     def _selected(self, metrics: dict) -> dict:
         """The metrics of the protocol that chooses the best model (`exclude_history`)."""
@@ -222,7 +227,11 @@ class Trainer:
         if self.data.is_impressions:
             self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=step)
         else:
-            flat = {f"{split}/{name}/{k}": v for name in PROTOCOLS for k, v in metrics[name].items()}
+            flat = {}
+            for name in PROTOCOLS:
+                values = dict(metrics[name])
+                values |= values.pop("beyond_accuracy", {})  # TensorBoard takes scalars
+                flat |= {f"{split}/{name}/{k}": v for k, v in values.items()}
             self.accelerator.log(flat, step=step)
 
     # ---- the run ----
@@ -234,7 +243,11 @@ class Trainer:
         scalars = (int, float, str, bool)
         settings = settings_dict(self.model_args, self.data_args, args)
         accelerator.init_trackers("train", config={k: v for k, v in settings.items() if isinstance(v, scalars)})
-        baselines = self._baselines() if args.run_baselines else {}
+        # the untrained encoder's item vectors: the zero-shot baseline's, and the ruler of every list's diversity
+        vectors = self._zero_shot_vectors() if args.run_baselines or not self.data.is_impressions else None
+        if not self.data.is_impressions:  # impressions have no top-K lists
+            self.item_statistics = item_statistics(self.data, self.data_args, vectors)
+        baselines = self._baselines(vectors) if args.run_baselines else {}
         if args.resume_from_checkpoint:
             self._resume(args.resume_from_checkpoint)
         loop_start = time.perf_counter()
@@ -242,15 +255,18 @@ class Trainer:
         self.summary["train_seconds"] = round(time.perf_counter() - loop_start, 1)  # steps and validations
         return self._finish(baselines)
 
-    def _baselines(self) -> dict:
-        """Popularity and the untrained encoder (zero-shot: user = mean of the history's item vectors) on test, in
+    def _zero_shot_vectors(self) -> torch.Tensor:
+        accelerator = self.accelerator
+        with whole_parameters(self.model):
+            return zero_shot_item_vectors(
+                accelerator.unwrap_model(self.model), self.catalogue, accelerator, self.args.per_device_eval_batch_size
+            )
+
+    def _baselines(self, vectors: torch.Tensor) -> dict:
+        """Popularity and the untrained encoder (zero-shot: user = mean of the history's item `vectors`) on test, in
         both protocols, as the model is; their per-user ranks kept for the paired comparison with the model."""
         data, accelerator = self.data, self.accelerator
         popularity = popularity_scorer(data.item_counts_before("test"), accelerator.device)  # valid is known too
-        with whole_parameters(self.model):
-            vectors = zero_shot_item_vectors(
-                accelerator.unwrap_model(self.model), self.catalogue, accelerator, self.args.per_device_eval_batch_size
-            )
         baselines = {}
         for name, scorer in (("popularity", popularity), ("zero_shot", mean_history_scorer(vectors))):
             baselines[name], self.baseline_ranks[name] = self._evaluate(scorer, self.test_loader, name)
@@ -507,6 +523,52 @@ def parameter_groups(model: RecsysBertModel, args: TrainingArguments) -> list[di
         decay = 0.0 if param.dim() < 2 else args.weight_decay
         groups.setdefault((lr, decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+def item_statistics(data: RecData, data_args: DataArguments, vectors: torch.Tensor) -> ItemStatistics:
+    """What the beyond-accuracy metrics of every evaluation measure against: training counts and users per item,
+    the zero-shot `vectors` (one ruler of diversity for the model and every baseline), the categories."""
+    users, num_users = training_item_users(data)
+    categories = item_categories(data_args, data.items.data.table.column("item_id").to_numpy())
+    vectors = vectors.float().cpu().numpy()
+    return ItemStatistics(data.train_item_counts, users, num_users, vectors, categories)
+
+
+def training_item_users(data: RecData) -> tuple[np.ndarray, int]:
+    """How many distinct users interacted with each item in training `(items,)`, and how many users have a
+    training interaction: every training row's history and target, and every valid row's history (all training
+    interactions of its user, for users without a training row too)."""
+    num_items = len(data.items)
+    users, items = [], []
+    for table in (data.train.data.table, data.valid.data.table):
+        row_users = table.column("user_id").to_numpy()
+        lengths = pc.list_value_length(table.column("history")).to_numpy()
+        users.append(np.repeat(row_users, lengths))
+        items.append(pc.list_flatten(table.column("history")).to_numpy())
+        if table is data.train.data.table:
+            users.append(row_users)
+            items.append(table.column("target").to_numpy())
+    codes = pd.factorize(np.concatenate(users))[0]
+    pairs = np.unique(codes.astype(np.int64) * num_items + np.concatenate(items).astype(np.int64))  # (user, item)
+    return np.bincount(pairs % num_items, minlength=num_items), len(np.unique(pairs // num_items))
+
+
+def item_categories(data_args: DataArguments, item_ids: np.ndarray) -> np.ndarray | None:
+    """p(category | item) `(items, categories)` for calibration: MovieLens' genres (movies.csv), an item's genres
+    weighted equally as in Steck 2018, a movie without genres a row of zeros. None for the other sources: Amazon's
+    category paths are part of the item text, not a field of their own (not guessed), MIND has no top-K lists."""
+    if data_args.data_format != "movielens":
+        return None
+    movies = pd.read_csv(Path(data_args.data_dir) / "movies.csv", dtype=str, keep_default_na=False)
+    movies = movies.assign(movieId=movies["movieId"].str.strip()).drop_duplicates("movieId")  # the first, as loaded
+    genres = movies.assign(genre=movies["genres"].str.strip().str.split("|")).explode("genre")
+    genres = genres[~genres["genre"].isin(["", "(no genres listed)"])]
+    rows = pd.Index(item_ids).get_indexer(genres["movieId"])
+    columns, _ = pd.factorize(genres["genre"])
+    categories = np.zeros((len(item_ids), columns.max(initial=-1) + 1))
+    categories[rows[rows >= 0], columns[rows >= 0]] = 1.0
+    total = categories.sum(axis=1, keepdims=True)
+    return np.divide(categories, total, out=categories, where=total > 0)
 
 
 @torch.no_grad()
