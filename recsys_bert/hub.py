@@ -26,6 +26,10 @@ DEFAULT_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # the card's metrics: full ranking, or MIND's impression metrics
 METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10", "mrr": "MRR"}
 IMPRESSION_METRIC_NAMES = {"auc": "AUC", "mrr": "MRR", "ndcg@5": "nDCG@5", "ndcg@10": "nDCG@10"}
+# the beyond-accuracy metrics of the top-K lists (metrics.json: `beyond_accuracy` of each protocol), by name before @K
+BEYOND_ACCURACY_NAMES = {"coverage": "coverage", "gini": "Gini", "tail_share": "tail share",
+                         "average_popularity": "avg. popularity", "novelty": "novelty", "diversity": "diversity",
+                         "calibration": "miscalibration"}  # fmt: skip
 
 
 def upload_files(folder: Path) -> list[Path]:
@@ -187,6 +191,37 @@ def _results_table(table_name: str, names: dict, metrics: dict, results: dict, c
     return f"### {TABLE_TITLES[table_name]}{suffix}\n\n" + "\n".join(lines)
 
 
+def _beyond_accuracy_table(results: dict) -> str:
+    """The beyond-accuracy metrics of the model and each baseline, both protocols, in one table ("" without any)."""
+    systems = {"recsys-bert (this model)": results.get("test", {}), **results.get("baselines", {})}
+    rows = [(system, table_name, by_protocol[table_name]["beyond_accuracy"])
+            for system, by_protocol in systems.items() for table_name in ("history_kept", "history_excluded")
+            if "beyond_accuracy" in by_protocol.get(table_name, {})]  # fmt: skip
+    if not rows:
+        return ""
+    keys = list(rows[0][2])  # name@K
+    names = [key.partition("@") for key in keys]  # (name, "@", K)
+    header = ["model", "history", *(f"{BEYOND_ACCURACY_NAMES.get(name, name)}@{k}" for name, _, k in names)]
+
+    def cell(metrics: dict, key: str) -> str:
+        if key not in metrics:
+            return ""
+        return f"{metrics[key]:.1f}" if key.startswith("average_popularity") else f"{metrics[key]:.4f}"
+
+    cells = [[system, table_name.removeprefix("history_"), *(cell(metrics, k) for k in keys)]
+             for system, table_name, metrics in rows]  # fmt: skip
+    lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}", *(f"| {' | '.join(r)} |" for r in cells)]
+    return (
+        "### Beyond accuracy (each user's top-K list)\n\n"
+        "Coverage: share of the catalogue recommended to anyone; Gini: inequality of how often items are recommended "
+        "(0 = all equally, 1 = always the same few); tail share: recommendations among the 80% least popular items "
+        "(training interactions); avg. popularity: training interactions of a recommended item; novelty: mean "
+        "-log2 of the share of training users who had the item; diversity: mean pairwise 1 - cosine of the "
+        "untrained encoder's item vectors (one ruler for every row); miscalibration: KL divergence of the list's "
+        "categories from the history's (Steck 2018; 0 = the same mix).\n\n" + "\n".join(lines)
+    )
+
+
 def model_card(results: dict, settings: dict, model_config: dict, repo_id: str | None = None) -> str:
     """README.md of a trained model: Hub metadata (library, tags, licence, base model, metrics) and a human part (the
     results in both protocols beside the baselines, how to use it, the training settings). No local paths: a
@@ -230,6 +265,7 @@ def model_card(results: dict, settings: dict, model_config: dict, repo_id: str |
         _results_table(table_name, names, metrics, results, chosen=table_name == chosen_protocol)
         for table_name, metrics in tables.items()
     ]
+    sections += [table for table in [_beyond_accuracy_table(results)] if table]
     download = (
         f'folder = snapshot_download("{repo_id}", allow_patterns=["{ITEM_ENCODER_FOLDER}/*"])'
         if repo_id

@@ -210,3 +210,22 @@ def test_the_readmes_python_api_example_runs(generic_files, tiny, tmp_path):
     plain = namespace["users"] @ namespace["items"].T / model.config.score_temperature
     bias = model.repeat_bias.item() / model.config.score_temperature
     torch.testing.assert_close(scores, plain + torch.tensor([[bias, 0.0, bias]]))
+
+
+def test_the_card_shows_the_beyond_accuracy_table_only_where_metrics_json_has_it():
+    from recsys_bert.hub import model_card
+
+    beyond = {"coverage@10": 0.25, "gini@10": 0.5, "average_popularity@10": 12.345, "novelty@10": 3.0}
+    results = {
+        "protocol": {"data": "d", "items": 3, "history_excluded": False, "ranking": "full catalogue"},
+        "test": {"history_kept": {"ndcg@10": 0.1, "beyond_accuracy": beyond}, "history_excluded": {"ndcg@10": 0.2}},
+        "baselines": {"popularity": {"history_kept": {"ndcg@10": 0.0}, "history_excluded": {
+            "ndcg@10": 0.0, "beyond_accuracy": {**beyond, "coverage@10": 0.125}}}},
+    }  # fmt: skip
+    card = model_card(results, {"data_format": "generic"}, {})
+    table = card.split("### Beyond accuracy")[1]
+    assert "| model | history | coverage@10 | Gini@10 | avg. popularity@10 | novelty@10 |" in table
+    assert "| recsys-bert (this model) | kept | 0.2500 | 0.5000 | 12.3 | 3.0000 |" in table
+    assert "| popularity | excluded | 0.1250 |" in table and "| recsys-bert (this model) | excluded |" not in table
+    del results["test"]["history_kept"]["beyond_accuracy"], results["baselines"]
+    assert "Beyond accuracy" not in model_card(results, {"data_format": "generic"}, {})  # MIND, older runs
