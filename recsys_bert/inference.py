@@ -12,19 +12,21 @@ import csv
 import hashlib
 import hmac
 import io
+import itertools
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from recsys_bert.arguments import DataArguments, RecommendArguments
@@ -72,60 +74,96 @@ def quantize_int8(model: RecsysBertModel, scheme: str = "per_channel") -> Recsys
 # ---------------------------------------------------------------- users
 
 
-def read_users(path: str | Path, item_index: dict[str, int], skipped: dict[str, int]) -> tuple[list[dict], list[str]]:
-    """Ad-hoc users from JSON Lines `{"user_id": ..., "history": [item id or free text, ...]}`, history oldest first.
-
-    Args:
-        item_index: catalogue item index by id (and by text); the catalogue has `max(item_index.values()) + 1` items.
-
-    Returns:
-        Rows `{"user_id", "history"}` whose history indexes the catalogue or, from the catalogue's size on, the
-        returned new texts (items unseen at training, embedded from their text). A bad line
-        is skipped and counted in `skipped`; a file with no usable user is an error.
-    """
-    path = Path(path)
+def _user_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a users file, read one at a time."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"{path}, line {number}: not UTF-8 text") from None
+                if line.strip():
+                    yield number, line
     except OSError as err:
         raise InputError(f"{path}: can't be read ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}, byte {err.start}: not UTF-8 text") from None
-    rows, new_texts, new_index = [], [], {}
-    num_items = max(item_index.values(), default=-1) + 1
-    seen_users: set[str] = set()
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
+
+
+def count_users(path: str | Path) -> int:
+    """The number of non-blank lines of a users file (streamed), after checking that it reads as UTF-8 text and that
+    its first line is JSON: a file that is not JSON Lines at all fails here, before anything is ranked."""
+    count = 0
+    for number, line in _user_lines(Path(path)):
+        if count == 0:
+            try:
+                json.loads(line)
+            except ValueError as err:
+                raise InputError(f"{path}, line {number}: not JSON ({err.args[0].split(':')[0]})") from None
+        count += 1
+    return count
+
+
+def iter_users(
+    path: str | Path, item_index: dict[str, int], skipped: dict[str, int], lines: range | None = None
+) -> Iterator[dict]:
+    """Ad-hoc users from JSON Lines `{"user_id": ..., "history": [item id or free text, ...]}`, history oldest first,
+    streamed: one line at a time, so memory does not grow with the file.
+
+    Args:
+        item_index: catalogue item index by id (and by text).
+        lines: which of the file's non-blank lines to read (0-based; a process's slice); default: all.
+
+    Yields:
+        `{"user_id", "history"}` per usable line; a history entry is a catalogue index (`int`) or a free text
+        (`str`: an item unseen at training, embedded from its text). A bad line is skipped and counted in `skipped`.
+    """
+    path = Path(path)
+    lines = lines if lines is not None else range(1 << 62)
+    for seen, (_, line) in enumerate(_user_lines(path)):
+        if seen < lines.start:
             continue
+        if seen >= lines.stop:
+            return
         try:
             record = json.loads(line)
-        except ValueError as err:
-            if not rows and not skipped:
-                raise InputError(f"{path}, line {number}: not JSON ({err.args[0].split(':')[0]})") from None
+        except ValueError:
             record = None
         reason = _user_record_problem(record)
-        if reason is None and str(record["user_id"]) in seen_users:
-            reason = "repeated user_id (kept the first)"
         if reason is not None:
             skipped[f"{path.name}: {reason}"] = skipped.get(f"{path.name}: {reason}", 0) + 1
             continue
-        user_id = str(record["user_id"])
-        seen_users.add(user_id)
         history = []
         for entry in record["history"]:
             entry = str(entry).strip()
-            if not entry:
-                continue
-            if entry in item_index:
-                history.append(item_index[entry])
-            else:
-                if entry not in new_index:
-                    new_index[entry] = num_items + len(new_texts)
-                    new_texts.append(entry)
-                history.append(new_index[entry])
-        rows.append({"user_id": user_id, "history": history})
+            if entry:
+                history.append(item_index.get(entry, entry))
+        yield {"user_id": str(record["user_id"]), "history": history}
+
+
+def resolve_texts(rows: list[dict], num_items: int) -> tuple[list[dict], list[str]]:
+    """`rows` whose free-text history entries index, from `num_items` on, the returned new texts (in first-seen
+    order)."""
+    new_index: dict[str, int] = {}
+    resolved = []
+    for row in rows:
+        history = [
+            e if isinstance(e, int) else new_index.setdefault(e, num_items + len(new_index)) for e in row["history"]
+        ]
+        resolved.append({**row, "history": history})
+    return resolved, list(new_index)
+
+
+def read_users(path: str | Path, item_index: dict[str, int], skipped: dict[str, int]) -> tuple[list[dict], list[str]]:
+    """The whole users file at once (`iter_users` + `resolve_texts`); a file with no usable user is an error.
+
+    Args:
+        item_index: catalogue item index by id (and by text); the catalogue has `max(item_index.values()) + 1` items.
+    """
+    count_users(path)
+    rows = list(iter_users(path, item_index, skipped))
     if not rows:
         raise InputError(f'{path}: no usable user (each line: {{"user_id": ..., "history": [...]}})')
-    return rows, new_texts
+    return resolve_texts(rows, max(item_index.values(), default=-1) + 1)
 
 
 def _user_record_problem(record) -> str | None:
@@ -255,13 +293,11 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     if args.users:
         # a history entry is a catalogue item by its id or by its exact text; ids win
         known = {text: i for i, text in enumerate(items["text"])} | {item: i for i, item in enumerate(item_ids)}
-        rows, new_texts = read_users(args.users, known, skipped)
+        num_users = count_users(args.users)
     elif split_rows is not None:
-        rows, new_texts = split_rows, []
+        num_users = len(split_rows)
     else:
         raise InputError("no users: give --users, or a data set with interactions (--config or --interactions)")
-    if skipped and accelerator.is_main_process:
-        logger.info("Skipped: %s", format_skipped(skipped).replace("\n", "; "))
 
     cache_dir = Path(args.vector_cache or default_vector_cache())
     if (args.vector_cache or "").lower() == "none":
@@ -271,50 +307,64 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         cache_key = fingerprint(model, catalogue, "int8")
         model = quantize_int8(model)
     vectors, cache_hit = catalogue_vectors(model, catalogue, accelerator, args.batch_size, cache_dir, cache_key)
-    # cold start: items unseen at training, embedded from their text; history only, never ranked
-    vectors, history_catalogue = with_texts(
-        model, tokenizer, items, catalogue, vectors, new_texts, accelerator, args.batch_size
-    )
-    vectors = vectors.to(accelerator.device)  # (items + new texts, dim)
+    vectors = vectors.to(accelerator.device)  # (items, dim)
     encoded = time.perf_counter()
 
-    # ---- each process ranks a contiguous slice of the users; the main process merges the slices in order ----
-    impressions = isinstance(rows, datasets.Dataset) and "candidates" in rows.column_names
+    # ---- each process ranks a contiguous slice of the users, streamed in batches; the main process merges the
+    # slices in order ----
+    impressions = split_rows is not None and not args.users and "candidates" in split_rows.column_names
     if output.suffix.lower() == ".txt" and not impressions:
         raise InputError(f"{output}: .txt is MIND's prediction.txt, for impression data; use .jsonl, .csv or .parquet")
     world, process = accelerator.num_processes, accelerator.process_index
-    bounds = np.linspace(0, len(rows), world + 1).astype(int)
+    bounds = np.linspace(0, num_users, world + 1).astype(int)
+    mine = range(bounds[process], bounds[process + 1])
+    user_skipped: dict[str, int] = {}  # lines of the users file
+    if args.users:
+        batches = _batches(iter_users(args.users, known, user_skipped, mine), args.batch_size)
+    else:
+        starts = range(mine.start, mine.stop, args.batch_size)
+        batches = (_row_dicts(split_rows, b, min(b + args.batch_size, mine.stop)) for b in starts)
     part = output.with_name(f".{output.name}.part-{process}.parquet")
     writer = RowWriter(output if world == 1 else part)
-    collator = user_collator(config, args.exclude_history, history_catalogue)
     num_items = len(catalogue)
-    names = np.concatenate([item_ids, np.asarray(new_texts, dtype=object)])  # what history indices name
-    starts = range(bounds[process], bounds[process + 1], args.batch_size)
-    progress = tqdm(total=len(rows), desc="Ranking", disable=not accelerator.is_local_main_process, unit="user")
+    ranked, new_texts = 0, 0
+    progress = tqdm(total=num_users, desc="Ranking", disable=not accelerator.is_local_main_process, unit="user")
     try:
-        for begin in starts:
-            end = min(begin + args.batch_size, bounds[process + 1])
-            batch_rows = _row_dicts(rows, begin, end)
+        for batch_rows in batches:
+            # cold start: items unseen at training, embedded from their text; history only, never ranked
+            batch_rows, texts = resolve_texts(batch_rows, num_items)
+            batch_vectors, history_catalogue = with_texts(
+                model, tokenizer, items, catalogue, vectors, texts, accelerator, args.batch_size
+            )  # (items + texts, dim)
+            names = np.concatenate([item_ids, np.asarray(texts, dtype=object)])  # what history indices name
+            collator = user_collator(config, args.exclude_history, history_catalogue)
             batch = {key: value.to(accelerator.device) for key, value in collator(batch_rows).items()}
-            users = user_vectors(model, batch, vectors, accelerator)  # (users, dim)
+            users = user_vectors(model, batch, batch_vectors, accelerator)  # (users, dim)
             user_ids = [str(row["user_id"]) for row in batch_rows]
             if args.pseudonymize_user_ids:
                 user_ids = pseudonymize(user_ids, salt)
             if impressions:
-                table = _impression_table(model, users, vectors[:num_items], batch, batch_rows, user_ids, item_ids)
+                table = _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids)
             else:
                 logits, index, log_normalizer = rank(
-                    model, batch, users, vectors[:num_items], args.top_k, args.item_chunk_size, args.diversify,
+                    model, batch, users, vectors, args.top_k, args.item_chunk_size, args.diversify,
                     args.diversity_lambda,
                 )  # fmt: skip
                 because = None
                 if args.explain:
                     because = explain(
-                        model, batch_rows, index, logits, vectors, collator, accelerator, args.explain, args.batch_size
-                    )
+                        model, batch_rows, index, logits, batch_vectors, collator, accelerator, args.explain,
+                        args.batch_size,
+                    )  # fmt: skip
                 table = _ranking_table(logits, index, log_normalizer, user_ids, names, batch_rows, split_rows, because)
             writer.write(table)
+            ranked, new_texts = ranked + len(batch_rows), new_texts + len(texts)
             progress.update(world * len(batch_rows))
+        totals = [(ranked, new_texts, user_skipped)]
+        totals = gather_object(totals) if world > 1 else totals
+        ranked, new_texts = sum(t[0] for t in totals), sum(t[1] for t in totals)
+        if args.users and not ranked:
+            raise InputError(f'{args.users}: no usable user (each line: {{"user_id": ..., "history": [...]}})')
     except BaseException:
         writer.abort()
         raise
@@ -325,21 +375,31 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         if accelerator.is_main_process:
             merge_parts([output.with_name(f".{output.name}.part-{r}.parquet") for r in range(world)], output)
     accelerator.wait_for_everyone()
+    for _, _, counts in totals:
+        for reason, count in counts.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    if skipped and accelerator.is_main_process:
+        logger.info("Skipped: %s", format_skipped(skipped).replace("\n", "; "))
     seconds = time.perf_counter() - start
     summary = {
-        "users": len(rows),
+        "users": ranked,
         "items": num_items,
-        "new_texts": len(new_texts),
+        "new_texts": new_texts,
         "processes": world,
         "vector_cache": "hit" if cache_hit else ("written" if cache_dir else "off"),
         "encode_seconds": round(encoded - start, 2),
         "seconds": round(seconds, 2),
-        "users_per_second": round(len(rows) / max(time.perf_counter() - encoded, 1e-9), 1),
+        "users_per_second": round(ranked / max(time.perf_counter() - encoded, 1e-9), 1),
         "output": str(output),
     }
     if accelerator.is_main_process:
         logger.info("Recommended: %s", json.dumps(summary, ensure_ascii=False))
     return summary
+
+
+def _batches(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
 
 
 def _row_dicts(rows, begin: int, end: int) -> list[dict]:

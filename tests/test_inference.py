@@ -161,6 +161,35 @@ def test_explanations_and_diversification_in_every_format_and_in_the_python_api(
     assert _read(tmp_path / "dpp.jsonl").item_ids.tolist() != plain.item_ids.tolist()
 
 
+def test_a_users_file_is_streamed_in_batches(trained, generic_files, tmp_path):
+    """Users are read and written a batch at a time (a Parquet row group per batch); the lists don't depend on the
+    batch size; a bad line is skipped and counted; a non-UTF-8 line is an error naming its line, and nothing is
+    written."""
+    import pyarrow.parquet as pq
+
+    folder, data_flags = trained
+    ratings = pd.read_csv(generic_files[1], dtype=str)
+    lines = [
+        json.dumps({"user_id": str(u), "history": ratings[ratings.user_id == str(u)].item_id.tolist()[:5]})
+        for u in range(1, 11)
+    ]
+    lines.insert(4, '{"history": ["1"]}')  # no user_id
+    (tmp_path / "users.jsonl").write_text("\n".join(lines) + "\n")
+    flags = ["--model", str(folder), "--items", data_flags[1], "--text_template", "{title}. {genres}",
+             "--users", str(tmp_path / "users.jsonl"), "--top_k", "5"]  # fmt: skip
+    small = _recommend(*flags, "--batch_size", "3", "--output", str(tmp_path / "small.parquet"))
+    _recommend(*flags, "--output", str(tmp_path / "one.parquet"))
+    assert small["users"] == 10 and pq.ParquetFile(tmp_path / "small.parquet").num_row_groups == 4
+    a, b = _read(tmp_path / "small.parquet"), _read(tmp_path / "one.parquet")
+    assert a.user_id.tolist() == b.user_id.tolist() == [str(u) for u in range(1, 11)]
+    for ids_a, scores_a, ids_b, scores_b in zip(a.item_ids, a.scores, b.item_ids, b.scores):
+        assert_same_ranking_up_to_ties(ids_a, scores_a, ids_b, scores_b)
+    (tmp_path / "bad.jsonl").write_bytes(("\n".join(lines[:3]) + "\n").encode() + b'{"user_id": "\xff"}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl, line 4: not UTF-8"):
+        _recommend(*flags[:-4], "--users", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "bad.parquet"))
+    assert not (tmp_path / "bad.parquet").exists()
+
+
 def test_second_run_hits_the_vector_cache(trained, tmp_path, monkeypatch):
     folder, data_flags = trained
     flags = ["--model", str(folder), *data_flags, "--vector_cache", str(tmp_path / "cache")]
