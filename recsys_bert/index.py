@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import faiss
@@ -26,23 +27,34 @@ logger = logging.getLogger(__name__)
 
 SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # our key -> faiss.ParameterSpace's name
 EXACT_BELOW = 100_000  # items: below this, the exact scan is about as fast (benchmarks/index_results.json)
+NPROBE = 32  # IVF lists searched per user: recall@100 ~.95 on MiniLM item vectors at 1M (index_results.json)
+MAX_NLIST = 4096
 ADD_BLOCK = 1 << 18  # vectors converted to float32 and added at once: a float16 catalogue is never copied whole
 
 
 def index_params(num_items: int, dim: int) -> dict:
     """Default index parameters for a catalogue of `num_items` vectors of width `dim`, after faiss's guidelines
     (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index) and benchmarks/rank_throughput.py
-    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is as fast; above, HNSW
-    (32 links per vector), whose vectors are stored as 8-bit scalars once float32 storage would pass 8 GB.
+    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is as fast, else the IVF of
+    `ivf_factory` searched in `NPROBE` lists.
 
     Returns:
-        `{"factory": faiss index factory string, "ef_search": int}` (`ef_search` only for HNSW). IVF indexes
-        (`"IVF{nlist},Flat"`, nlist ~ 4-16 sqrt(items)) take `"nprobe"` instead.
+        `{"factory": faiss index factory string}`, with `"nprobe"` for IVF. HNSW (`"HNSW32"`) takes `"ef_search"`.
     """
     if num_items < EXACT_BELOW:
         return {"factory": "Flat"}
-    storage = ",SQ8" if num_items * dim * 4 > 8 * 2**30 else ""
-    return {"factory": f"HNSW32{storage}", "ef_search": 128}
+    return {"factory": ivf_factory(num_items, dim), "nprobe": NPROBE}
+
+
+def ivf_factory(num_items: int, dim: int) -> str:
+    """`IVF{nlist},Flat` with nlist the power of 2 nearest 4 sqrt(items), at most `MAX_NLIST` (k-means training
+    costs nlist^2: 4096 lists take minutes on 2 cores, 16384 hours); past 8 GiB of float32 vectors, an HNSW
+    coarse quantizer (assigning 10M vectors to lists by a full scan of the centroids is slow too) and 8-bit scalar
+    storage (a quarter of the memory; the candidates are re-scored exactly anyway)."""
+    nlist = min(MAX_NLIST, 2 ** round(math.log2(4 * math.sqrt(num_items))))
+    if num_items * dim * 4 > 8 * 2**30:
+        return f"IVF{nlist}_HNSW32,SQ8"
+    return f"IVF{nlist},Flat"
 
 
 def set_search_params(index: faiss.Index, params: dict) -> None:
@@ -50,7 +62,10 @@ def set_search_params(index: faiss.Index, params: dict) -> None:
     space = faiss.ParameterSpace()
     for key, name in SEARCH_PARAMS.items():
         if params.get(key) is not None:
-            space.set_index_parameter(index, name, params[key])
+            try:
+                space.set_index_parameter(index, name, params[key])
+            except RuntimeError:  # not a parameter of this kind of index (nprobe of an HNSW)
+                pass
 
 
 def build_index(vectors: torch.Tensor, params: dict) -> faiss.Index:
@@ -65,7 +80,7 @@ def build_index(vectors: torch.Tensor, params: dict) -> faiss.Index:
     index = faiss.index_factory(dim, params["factory"], faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:  # IVF centroids, scalar quantizer ranges: trained on a fixed random sample
         ivf = faiss.try_extract_index_ivf(index)
-        size = min(num_items, max(100_000, 64 * ivf.nlist if ivf is not None else 0))
+        size = min(num_items, max(100_000, 50 * ivf.nlist if ivf is not None else 0))
         rows = torch.randperm(num_items, generator=torch.Generator().manual_seed(0))[:size].sort().values
         index.train(_float32(vectors[rows]))
     for start in range(0, num_items, ADD_BLOCK):
@@ -141,21 +156,26 @@ def index_top_k(
     """The `k` best items per user among the index's candidates, scored exactly as `model.score` scores them.
 
     The index is searched with the user vectors for `candidates` items by dot product; each user's `history_ids`
-    are added to them (the repeat bias, which the index can't see, may lift them into the top `k`), and the
-    candidates are scored by the model's formula, (dot(user, item) + `repeat_bias` if the item is in
-    `history_ids`) / `score_temperature`, from `items`: where the index proposes every item that
-    `retrieval.top_k` returns (an exhaustive index, or any index at full recall), the lists are the same.
+    are added to them, scored from `items` (the repeat bias, which the index can't see, may lift them into the top
+    `k`), and every candidate gets the model's formula, (dot(user, item) + `repeat_bias` if the item is in
+    `history_ids`) / `score_temperature`, with the index's own dot products: exact where the index stores the
+    vectors as they are (`Flat`, `IVF...,Flat`, `HNSW32`), so where such an index proposes every item that
+    `retrieval.top_k` returns (an exhaustive one, or any at full recall) the lists are the same; approximate (about
+    1e-3 of a cosine) where it stores 8-bit scalars (`SQ8`). Re-scoring every candidate from `items` instead
+    would cost more than the search itself (a gather of `(users, candidates, dim)`).
 
     Args:
         index: an inner-product index over `items` (`build_index`, `load_or_build`).
-        users (`(users, dim)`), items (`(items, dim)`; float16 is read as float32): unit vectors.
+        users (`(users, dim)`), items (`(items, dim)`; float16 is read as float32): unit vectors; `items` is read
+            for the history only.
         model: the recommender whose `score` this reproduces (`score_temperature`, `repeat_bias`).
         history_ids (`(users, length)`): the catalogue indices the repeat bias covers, as `model.score` takes them
             (-1 = padding; indices past `items`, such as new texts, are ignored); always scored.
         exclude (`(users, n)`): item indices each user must not get (-1 = padding), as `retrieval.top_k`.
-        candidates: items asked from the index per user; default `2 k` + the longest `exclude` and `history_ids`
+        candidates: items asked from the index per user; default `k` + the longest `exclude` and `history_ids`
             rows, enough for an exact index (`Flat`) to give exactly `retrieval.top_k`'s lists whatever the sign
-            of the repeat bias (a history pushed down can't leave the list short).
+            of the repeat bias (a history pushed down can't leave the list short). HNSW searches with
+            max(`ef_search`, `candidates`).
         ties_against (`(users,)`): an item per user (-1 = none) placed after every candidate with the same score,
             as `retrieval.top_k` places it.
 
@@ -168,23 +188,24 @@ def index_top_k(
     """
     num_items = items.shape[0]
     k = max(1, min(k, num_items))
-    wanted = min(num_items, max(k, candidates or 2 * k + _longest(exclude) + _longest(history_ids)))
-    _, found = index.search(_float32(users), wanted)  # (users, wanted), -1 where the index found fewer
+    wanted = min(num_items, max(k, candidates or k + _longest(exclude) + _longest(history_ids)))
+    dots, found = index.search(_float32(users), wanted)  # (users, wanted) inner products, -1 where fewer found
     found = torch.from_numpy(found).to(users.device)
-    if history_ids is not None:
-        found = torch.cat([found, history_ids.masked_fill(history_ids >= num_items, -1)], dim=1)  # (users, c)
-    found = found.sort(dim=1).values
+    logits = torch.from_numpy(dots).to(users.device) / model.config.score_temperature  # (users, wanted)
+    if history_ids is not None:  # the history scored from `items`, whether the index proposed it or not
+        history = history_ids.masked_fill(history_ids >= num_items, -1)  # (users, length)
+        history_vectors = items[history.clamp(min=0)].to(users.dtype)  # (users, length, dim)
+        history_logits = (history_vectors @ (users / model.config.score_temperature)[:, :, None]).squeeze(2)
+        found = torch.cat([found, history], dim=1)  # (users, c)
+        logits = torch.cat([logits, history_logits.float()], dim=1)
+    found, order = found.sort(dim=1, stable=True)
+    logits = logits.gather(1, order)
     repeated = torch.zeros_like(found, dtype=torch.bool)
     repeated[:, 1:] = found[:, 1:] == found[:, :-1]
     found = found.masked_fill(repeated, -1)  # (users, c), each candidate once
     valid = found >= 0
-
-    # model.score's formula on each user's own candidates
-    candidate_vectors = items[found.clamp(min=0)].to(users.dtype)  # (users, c, dim)
-    logits = (candidate_vectors @ (users / model.config.score_temperature)[:, :, None]).squeeze(2).float()
-    if history_ids is not None:
-        repeat = _members(found, history_ids)  # (users, c)
-        logits[repeat] += (model.repeat_bias / model.config.score_temperature).float()
+    if history_ids is not None:  # model.score's repeat term
+        logits[_members(found, history_ids)] += (model.repeat_bias / model.config.score_temperature).float()
     logits[~valid] = -torch.inf
     if exclude is not None:
         logits[_members(found, exclude)] = -torch.inf
