@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 
 import gradio as gr  # noqa: E402
+import torch  # noqa: E402
 
 from recsys_bert.arguments import DataArguments, _parse  # noqa: E402
 from recsys_bert.recommender import Recommender  # noqa: E402
@@ -37,6 +38,8 @@ CSS = """
 #recommendations .rec-text { font-weight: 600; }
 #recommendations .rec-numbers { font-size: .85em; opacity: .75; font-variant-numeric: tabular-nums; }
 #recommendations .rec-because { font-size: .9em; }
+#recommendations .rec-because b { display: inline-block; max-width: 22em; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; vertical-align: bottom; }
 #recommendations .hint { opacity: .7; }
 """
 
@@ -97,7 +100,7 @@ def render(recommendations: list[dict]) -> str:
     items = []
     for entry in recommendations:
         because = [
-            f"<b>{html.escape(reason['text'])}</b> ({reason['share']:.0%})"
+            f'<b title="{html.escape(reason["text"])}">{html.escape(reason["text"])}</b> ({reason["share"]:.0%})'
             for reason in entry.get("because", [])
             if reason["share"] > 0
         ]
@@ -168,7 +171,8 @@ def build_app(recommender: Recommender) -> gr.Blocks:
                     elem_id="history",
                 )  # fmt: skip
                 clear = gr.Button("Clear the history", size="sm")
-                top_k = gr.Slider(1, min(MAX_TOP_K, len(recommender)), value=10, step=1, label="How many")
+                most = min(MAX_TOP_K, len(recommender))
+                top_k = gr.Slider(1, most, value=min(10, most), step=1, label="How many")
                 exclude_history = gr.Checkbox(value=True, label="Leave out items of the history")
                 diversity_lambda = gr.Slider(
                     0, 1, value=1, step=0.05, label="Diversity λ (MMR: 1 = off, lower = more varied)"
@@ -204,4 +208,7 @@ def main(args: list[str] | None = None) -> None:
     except NoModel as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    # a request is a few small products (one user, a few history items): one thread answers it in milliseconds,
+    # where two threads spin against each other on busy cores (0.4 s a request on a shared 2-core machine)
+    torch.set_num_threads(1)
     launch(build_app(recommender), app_args.host, app_args.port)

@@ -109,8 +109,7 @@ def test_the_page_in_a_browser_recommends_offline(served, tmp_path):
                 expect(page.locator("#history")).to_contain_text(text)
             page.get_by_role("button", name="Recommend").click()
             titles = page.locator("#recommendations li .rec-text")
-            expect(titles).to_have_count(10)
-            expect(titles.first).to_have_text(expected[0]["text"])
+            expect(titles).to_have_text([entry["text"] for entry in expected])  # the two-item history's list
             expect(page.locator("#recommendations li").first).to_contain_text("because you liked")
             page.screenshot(path=tmp_path / "app.png", full_page=True)
         finally:
