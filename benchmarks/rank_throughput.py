@@ -16,6 +16,21 @@ not possible), reported as the growth over what was resident before the run (the
     python benchmarks/rank_throughput.py --quick   # 10k and 100k items, 256 users
 
 The last line of stdout is one JSON object; `users_per_s` holds top_k's users/s by catalogue size.
+
+`--index`: the faiss index of `recsys_bert.index` against the exact `top_k`, measured in the same run, on catalogues
+of `--index_sizes` items of width `--dim` (384 = MiniLM):
+
+- data `random`: random unit users and items; `movielens`: the zero-shot MiniLM vectors of ml-latest-small's 9,742
+  movies ("title. genres"), tiled to the size, each copy with Gaussian noise of norm `--noise` (cosine about .9 to
+  its movie) and renormalized; users = the 610 MovieLens users' mean history vectors (the zero-shot user);
+- per index (the IVF of `index_params` for the size, HNSW32 up to `--hnsw_max_items`) and search setting: recall@100
+  against the exact top-100, users/s of `index_top_k` (batches of `--user_batch_size`, re-scoring included) and the
+  speed-up over `top_k`, build seconds, the index file's bytes, and the section's peak RSS;
+- above 8 GiB of float32 the items are held as float16 (what `top_k` scans and `index_top_k` re-scores from) and
+  the index stores 8-bit scalars, so 10M x 384 stays under about 12 GB;
+- the crossover: users/s of both paths over `--crossover_sizes` items (the default IVF and nprobe).
+
+    python benchmarks/rank_throughput.py --index --dim 384   # writes benchmarks/index_results.json
 """
 
 from __future__ import annotations
@@ -59,6 +74,21 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random vectors.")
     parser.add_argument("--profile", action="store_true", help="Print torch.profiler's top operators of one top_k "
                         "batch over the largest catalogue.")  # fmt: skip
+    parser.add_argument("--index", action="store_true", help="Benchmark the faiss index instead (see above).")
+    parser.add_argument("--index_sizes", type=int, nargs="+", default=[1_000_000, 10_000_000], help="--index: "
+                        "catalogue sizes.")  # fmt: skip
+    parser.add_argument("--index_data", nargs="+", default=["movielens", "random"], choices=["movielens", "random"],
+                        help="--index: the vectors (see above).")  # fmt: skip
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="--index: IVF settings.")
+    parser.add_argument("--ef_search", type=int, nargs="+", default=[64, 128, 256, 512], help="--index: HNSW "
+                        "settings.")  # fmt: skip
+    parser.add_argument("--hnsw_max_items", type=int, default=1_000_000, help="--index: build HNSW only up to this "
+                        "many items (its build is the slow one: about 5 min for 1M on 2 cores).")  # fmt: skip
+    parser.add_argument("--crossover_sizes", type=int, nargs="*", default=[20_000, 50_000, 100_000, 200_000],
+                        help="--index: sizes of the exact-vs-index crossover (movielens vectors).")  # fmt: skip
+    parser.add_argument("--noise", type=float, default=0.5, help="--index: norm of each tiled copy's noise.")
+    parser.add_argument("--index_output", type=Path, default=ROOT / "benchmarks" / "index_results.json",
+                        help="--index: the JSON result file.")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="10k and 100k items, 256 users, 2 rounds (a few "
                         "seconds to a minute on 2 cores).")  # fmt: skip
     args = parser.parse_args()
@@ -108,6 +138,8 @@ def main() -> None:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.index:
+        return index_main(args)
     load_start = os.getloadavg()[0]
     memory = PeakMemory()
     generator = torch.Generator().manual_seed(args.seed)
@@ -219,6 +251,178 @@ def main() -> None:
             "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         },
     }
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------- --index
+
+
+def movielens_vectors(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot MiniLM unit vectors of ml-latest-small's movies `(movies, dim)` and of its users `(users, dim)`
+    (the mean of their rated movies' vectors), as the zero-shot baseline computes them."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from recsys_bert.encoders import default_encoder_path
+
+    movies = pd.read_csv(ROOT / "data" / "ml-latest-small" / "movies.csv")
+    texts = (movies.title + ". " + movies.genres.str.replace("|", ", ")).tolist()
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors = torch.empty((len(texts), model.config.encoder["hidden_size"]))
+    with torch.no_grad():
+        for start in range(0, len(texts), 256):
+            rows = order[start : start + 256]
+            tokens = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=32,
+                               return_tensors="pt")  # fmt: skip
+            pooled = model.encode_texts(tokens["attention_mask"], input_ids=tokens["input_ids"])  # (batch, dim)
+            vectors[rows] = torch.nn.functional.normalize(pooled, dim=-1)
+    ratings = pd.read_csv(ROOT / "data" / "ml-latest-small" / "ratings.csv")
+    row_of = {movie: i for i, movie in enumerate(movies.movieId)}
+    users = torch.stack([vectors[[row_of[m] for m in group.movieId]].mean(dim=0)
+                         for _, group in ratings.groupby("userId")])  # fmt: skip
+    return vectors, torch.nn.functional.normalize(users, dim=-1)
+
+
+def catalogue(data: str, size: int, dim: int, base: torch.Tensor | None, noise: float, seed: int) -> torch.Tensor:
+    """`(size, dim)` unit items, made in blocks (float16 where float32 would pass 8 GiB)."""
+    dtype = torch.float16 if size * dim * 4 > 8 * 2**30 else torch.float32
+    items = torch.empty((size, dim), dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, size, 1 << 20):
+        n = min(1 << 20, size - start)
+        block = torch.randn((n, dim), generator=generator)  # (n, dim)
+        if data == "movielens":  # each movie in turn, with noise of norm about `noise`
+            block = base[torch.arange(start, start + n) % len(base)] + block * (noise / dim**0.5)
+        items[start : start + n] = torch.nn.functional.normalize(block, dim=-1).to(dtype)
+    return items
+
+
+def index_main(args: argparse.Namespace) -> None:
+    import faiss
+
+    from recsys_bert.index import NPROBE, build_index, index_params, index_top_k, ivf_factory, set_search_params
+    from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
+
+    load_start = os.getloadavg()[0]
+    memory = PeakMemory()
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(score_temperature=args.temperature)).eval()
+    base, ml_users = (
+        movielens_vectors(model) if "movielens" in args.index_data or args.crossover_sizes else (None,) * 2
+    )
+    print(f"torch {torch.__version__}, faiss {faiss.__version__}, {torch.get_num_threads()} threads; dim {args.dim}, "
+          f"top {args.k}, user batch {args.user_batch_size}; load {load_start:.1f}", flush=True)  # fmt: skip
+    generator = torch.Generator().manual_seed(args.seed)
+    random_users = unit_vectors(args.users, args.dim, generator)  # (users, dim)
+
+    def users_of(data: str) -> torch.Tensor:
+        return ml_users[: args.users] if data == "movielens" else random_users
+
+    def exact(users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, float]:
+        def score(u: torch.Tensor, chunk: torch.Tensor, first_item: int = 0) -> torch.Tensor:
+            return model.score(u, chunk.float(), first_item=first_item)  # (users, chunk); no history
+
+        start = time.perf_counter()
+        batches = range(0, len(users), args.user_batch_size)
+        index = torch.cat([top_k(users[s : s + args.user_batch_size], items, args.k, score, None,
+                                 args.item_chunk_size)[1] for s in batches])  # fmt: skip
+        return index, len(users) / (time.perf_counter() - start)  # (users, k), users/s
+
+    def approximate(index, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        found = torch.cat([index_top_k(index, users[s : s + args.user_batch_size], items, args.k, model)[1]
+                           for s in range(0, len(users), args.user_batch_size)])  # fmt: skip
+        return found, len(users) / (time.perf_counter() - start)
+
+    def recall(found: torch.Tensor, expected: torch.Tensor) -> float:
+        return round((found[:, :, None] == expected[:, None, :]).any(dim=2).float().mean().item(), 4)
+
+    def file_bytes(index) -> int:
+        path = Path(f"/tmp/rank_throughput.{os.getpid()}.faiss")
+        try:
+            faiss.write_index(index, str(path))
+            return path.stat().st_size
+        finally:
+            path.unlink(missing_ok=True)
+
+    sections = []
+    for size in args.index_sizes:
+        for data in args.index_data:
+            if memory.resettable:
+                memory.reset()
+            items = catalogue(data, size, args.dim, base, args.noise, args.seed + size)
+            users = users_of(data)
+            exact(users[: args.user_batch_size], items)  # warm-up
+            expected, exact_speeds = None, []
+            for _ in range(2):
+                expected, speed = exact(users, items)
+                exact_speeds.append(speed)
+            exact_speed = statistics.median(exact_speeds)
+            section = {"items": size, "data": data, "storage": str(items.dtype).removeprefix("torch."),
+                       "users": len(users), "exact_users_per_s": round(exact_speed, 1), "indexes": []}  # fmt: skip
+            print(
+                f"{size:>11,} {data} items ({section['storage']}): exact top_k {exact_speed:.1f} users/s", flush=True
+            )
+            default = index_params(size, args.dim)["factory"]
+            factories = [(default, "nprobe", args.nprobe if default.startswith("IVF") else [0])]
+            if size <= args.hnsw_max_items:
+                factories.append(("HNSW32", "ef_search", args.ef_search))
+            for factory, knob, settings in factories:
+                before = memory.current()
+                start = time.perf_counter()
+                index = build_index(items, {"factory": factory})
+                built = {"factory": factory, "build_s": round(time.perf_counter() - start, 1),
+                         "resident_growth_mib": round((memory.current() - before) / MIB, 1),
+                         "file_mib": round(file_bytes(index) / MIB, 1), "settings": []}  # fmt: skip
+                print(f"  {factory}: built in {built['build_s']} s, file {built['file_mib']:,.0f} MiB", flush=True)
+                for value in settings:
+                    set_search_params(index, {knob: value})
+                    approximate(index, users[: args.user_batch_size], items)  # warm-up
+                    runs = [approximate(index, users, items) for _ in range(2)]
+                    speed = statistics.median(r[1] for r in runs)
+                    row = {knob: value, "recall@100": recall(runs[0][0], expected), "users_per_s": round(speed, 1),
+                           "speedup": round(speed / exact_speed, 1)}  # fmt: skip
+                    built["settings"].append(row)
+                    print(f"    {knob} {value:>4}: recall@100 {row['recall@100']:.4f}, {speed:8.1f} users/s, "
+                          f"{row['speedup']:5.1f}x exact", flush=True)  # fmt: skip
+                section["indexes"].append(built)
+                del index
+            section["peak_rss_mib"] = round(memory.peak() / MIB, 1)
+            print(f"  peak RSS {section['peak_rss_mib']:,.0f} MiB", flush=True)
+            sections.append(section)
+            del items, expected
+
+    crossover = []
+    for size in args.crossover_sizes:
+        items = catalogue("movielens", size, args.dim, base, args.noise, args.seed + size)
+        users = users_of("movielens")
+        params = {"factory": ivf_factory(size, args.dim), "nprobe": NPROBE}  # the default's IVF, Flat or not
+        index = build_index(items, params)
+        exact(users[: args.user_batch_size], items)
+        approximate(index, users[: args.user_batch_size], items)
+        exact_speed = statistics.median(exact(users, items)[1] for _ in range(2))
+        runs = [approximate(index, users, items) for _ in range(2)]
+        expected = exact(users, items)[0]
+        row = {"items": size, **params, "exact_users_per_s": round(exact_speed, 1),
+               "index_users_per_s": round(statistics.median(r[1] for r in runs), 1),
+               "recall@100": recall(runs[0][0], expected)}  # fmt: skip
+        row["speedup"] = round(row["index_users_per_s"] / exact_speed, 2)
+        crossover.append(row)
+        print(f"crossover {size:>9,}: {row}", flush=True)
+        del items, index
+
+    result = {
+        "benchmark": "rank_throughput --index",
+        "sections": sections,
+        "crossover": crossover,
+        "config": {"dim": args.dim, "k": args.k, "users": args.users, "user_batch_size": args.user_batch_size,
+                   "item_chunk_size": args.item_chunk_size, "temperature": args.temperature, "noise": args.noise,
+                   "threads": torch.get_num_threads(), "faiss": faiss.__version__, "torch": torch.__version__,
+                   "command": " ".join(["python", "benchmarks/rank_throughput.py", *sys.argv[1:]]),
+                   "date": time.strftime("%Y-%m-%d"),
+                   "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}},
+    }  # fmt: skip
+    args.index_output.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 
 

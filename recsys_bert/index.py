@@ -1,6 +1,7 @@
 """Approximate index over the catalogue's item vectors (faiss, inner product): the index proposes candidates for
-each user, which are then scored exactly by the model's own formula, so what it returns differs from
-`recsys_bert.retrieval.top_k` only in items the index did not propose.
+each user, with their dot products, and the user's history is added to them; all are scored by the model's formula
+(its repeat bias, temperature, excluded items, ties), so what it returns differs from `recsys_bert.retrieval.top_k`
+only in items the index did not propose (and, for 8-bit storage, by the index's rounding of the dot products).
 
 An index is described by a few parameters (`index_params`): `factory`, a faiss index factory string such as
 `"Flat"`, `"HNSW32"` or `"IVF4096,Flat"`, fixed when the index is built, and the search-time `ef_search` (HNSW) and
@@ -50,7 +51,7 @@ def ivf_factory(num_items: int, dim: int) -> str:
     """`IVF{nlist},Flat` with nlist the power of 2 nearest 4 sqrt(items), at most `MAX_NLIST` (k-means training
     costs nlist^2: 4096 lists take minutes on 2 cores, 16384 hours); past 8 GiB of float32 vectors, an HNSW
     coarse quantizer (assigning 10M vectors to lists by a full scan of the centroids is slow too) and 8-bit scalar
-    storage (a quarter of the memory; the candidates are re-scored exactly anyway)."""
+    storage (a quarter of the memory; dot products within about 1e-3)."""
     nlist = min(MAX_NLIST, 2 ** round(math.log2(4 * math.sqrt(num_items))))
     if num_items * dim * 4 > 8 * 2**30:
         return f"IVF{nlist}_HNSW32,SQ8"
