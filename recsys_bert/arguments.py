@@ -165,6 +165,13 @@ class TrainingArguments:
     in_batch_negatives: bool = field(
         default=True, metadata={"help": "Also use the other samples' positives (gathered across processes)."}
     )
+    logq_correction: bool = field(
+        default=True,
+        metadata={
+            "help": "Correct each candidate's logit by the log of its expected count among the step's candidates "
+            "(in-batch negatives are drawn by popularity; uncorrected, the model learns to rank popular items down)."
+        },
+    )
     npratio: int = field(default=4, metadata={"help": "MIND: non-clicked impressions per click used as negatives."})
     logging_steps: int = field(default=20, metadata={"help": "Log loss, learning rate and throughput every N steps."})
     eval_steps: int = field(
@@ -310,13 +317,13 @@ def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
     Unknown keys in the YAML and unknown flags are errors, as are values of the wrong type.
     """
-    return _parse(args, ALL_ARGUMENTS, "Fine-tune a BERT recommender.")
+    return parse_settings(args, ALL_ARGUMENTS, "Fine-tune a BERT recommender.")
 
 
 def parse_recommend_args(args: list[str] | None = None) -> tuple[DataArguments, RecommendArguments]:
     """recommend.py's settings. Its `--config` may be a training YAML: the data settings (and `exclude_history`,
     `seed`) are used, the model and training ones ignored (the model comes from `--model`)."""
-    data_args, recommend_args = _parse(
+    data_args, recommend_args = parse_settings(
         args, (DataArguments, RecommendArguments), "Rank items for users with a trained recsys-bert model."
     )
     if not recommend_args.model:
@@ -324,7 +331,9 @@ def parse_recommend_args(args: list[str] | None = None) -> tuple[DataArguments, 
     return data_args, recommend_args
 
 
-def _parse(args: list[str] | None, types: tuple, description: str) -> tuple:
+def parse_settings(args: list[str] | None, types: tuple, description: str) -> tuple:
+    """Instances of the dataclasses `types` from `--config FILE.yaml` (optional) then flags that override it; unknown
+    keys and flags are errors."""
     args = sys.argv[1:] if args is None else list(args)
     parser = HfArgumentParser(types, description=description)
     parser.add_argument("--config", type=str, default=None, help="YAML file of settings; flags override it.")

@@ -22,7 +22,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from recsys_bert.arguments import DataArguments, _parse  # noqa: E402
+from recsys_bert.arguments import DataArguments, parse_settings  # noqa: E402
 from recsys_bert.recommender import Recommender  # noqa: E402
 from recsys_bert.utils import InputError  # noqa: E402
 
@@ -62,7 +62,8 @@ class AppArguments:
 def parse_app_args(args: list[str] | None = None) -> tuple[DataArguments | None, AppArguments]:
     """app.py's settings: the model, where to serve, and optionally the catalogue (`--config FILE.yaml`, or
     recommend.py's data flags such as `--items FILE`); `None` for the catalogue = the run folder's config.yaml."""
-    data_args, app_args = _parse(args, (DataArguments, AppArguments), "A demo page over a trained recsys-bert model.")
+    description = "A demo page over a trained recsys-bert model."
+    data_args, app_args = parse_settings(args, (DataArguments, AppArguments), description)
     return (None if data_args == DataArguments() else data_args), app_args
 
 

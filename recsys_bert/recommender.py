@@ -255,11 +255,12 @@ class Recommender:
         return results
 
     def search(self, query: str, limit: int = 20) -> list[tuple[str, str]]:
-        """Catalogue items whose text contains every word of `query` (case-insensitive): `(item_id, text)`, shortest
-        text first (the closest matches)."""
+        """Catalogue items whose text contains every word of `query` (case-insensitive): `(item_id, text)`, those
+        whose text starts with the query first, then the shortest texts (the closest matches)."""
         words = query.lower().split()
         if not words:
             return []
+        prefix = " ".join(words)
         hits = [i for i, text in enumerate(self.texts) if all(word in text.lower() for word in words)]
-        hits.sort(key=lambda i: (len(self.texts[i]), i))
+        hits.sort(key=lambda i: (not self.texts[i].lower().startswith(prefix), len(self.texts[i]), i))
         return [(str(self.item_ids[i]), self.texts[i]) for i in hits[:limit]]

@@ -283,7 +283,9 @@ class Trainer:
     def _loop(self, loop_start: float) -> None:
         accelerator, args, state = self.accelerator, self.args, self.state
         counts = torch.as_tensor(self.data.train_item_counts, dtype=torch.float64) + 1.0  # +1: items never a target
-        self.item_log_frequency = (counts / counts.sum()).log().float().to(accelerator.device)  # (items,)
+        self.item_log_frequency = None
+        if args.logq_correction:
+            self.item_log_frequency = (counts / counts.sum()).log().float().to(accelerator.device)  # (items,)
         self.progress = tqdm(total=self.max_steps, initial=state.global_step, desc="Training",
                              disable=not accelerator.is_local_main_process)  # fmt: skip
         self.window = {"loss": torch.zeros((), device=accelerator.device), "batches": 0, "samples": 0,

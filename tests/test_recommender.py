@@ -110,3 +110,6 @@ def test_search_finds_titles_by_words(tiny, movies):
     hits = recommender.search(word.upper())
     assert hits and all(word.lower() in found.lower() for _, found in hits)
     assert recommender.search("zzzz nothing") == [] and recommender.search("  ") == []
+    title = text.split(" (")[0]  # texts that start with the query come before those that only contain its words
+    first = recommender.search(title)[0][1].lower()
+    assert first.startswith(title.lower())
