@@ -252,6 +252,25 @@ class RecommendArguments:
         default=False, metadata={"help": "Never recommend an item the user already has (the split's target aside)."}
     )
     batch_size: int = field(default=256, metadata={"help": "Users per ranking batch and items per encoding batch."})
+    index: str = field(
+        default="auto",
+        metadata={
+            "help": "Top-K search: 'exact' scans the whole catalogue; 'faiss' asks an approximate faiss index "
+            "(pip install recsys-bert[ann]; built once, cached beside the vectors) for candidates, then scores them "
+            "exactly; 'auto': faiss from 100,000 items where it is installed, else exact. With faiss, probabilities "
+            "are a softmax over the candidates.",
+            "choices": ["auto", "exact", "faiss"],
+        },
+    )
+    index_factory: str | None = field(
+        default=None,
+        metadata={
+            "help": "faiss index factory string, e.g. 'HNSW32' or 'IVF1024,Flat'; default by catalogue size "
+            "(recsys_bert.index.index_params)."
+        },
+    )
+    nprobe: int | None = field(default=None, metadata={"help": "IVF lists searched per user (default 32)."})
+    ef_search: int | None = field(default=None, metadata={"help": "HNSW search depth (default: faiss's)."})
     diversify: str | None = field(
         default=None,
         metadata={
