@@ -23,7 +23,7 @@ of `--index_sizes` items of width `--dim` (384 = MiniLM):
 - data `random`: random unit users and items; `movielens`: the zero-shot MiniLM vectors of ml-latest-small's 9,742
   movies ("title. genres"), tiled to the size, each copy with Gaussian noise of norm `--noise` (cosine about .9 to
   its movie) and renormalized; users = the 610 MovieLens users' mean history vectors (the zero-shot user);
-- per index (the IVF of `index_params` for the size, HNSW32 up to `--hnsw_max_items`) and search setting: recall@100
+- per index (`index.ivf_factory`'s IVF for the size, HNSW32 up to `--hnsw_max_items`) and search setting: recall@100
   against the exact top-100, users/s of `index_top_k` (batches of `--user_batch_size`, re-scoring included) and the
   speed-up over `top_k`, build seconds, the index file's bytes, and the section's peak RSS;
 - above 8 GiB of float32 the items are held as float16 (what `top_k` scans and `index_top_k` re-scores from) and
@@ -301,7 +301,7 @@ def catalogue(data: str, size: int, dim: int, base: torch.Tensor | None, noise: 
 def index_main(args: argparse.Namespace) -> None:
     import faiss
 
-    from recsys_bert.index import NPROBE, build_index, index_params, index_top_k, ivf_factory, set_search_params
+    from recsys_bert.index import NPROBE, build_index, index_top_k, ivf_factory, set_search_params
     from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
 
     load_start = os.getloadavg()[0]
@@ -363,8 +363,7 @@ def index_main(args: argparse.Namespace) -> None:
             print(
                 f"{size:>11,} {data} items ({section['storage']}): exact top_k {exact_speed:.1f} users/s", flush=True
             )
-            default = index_params(size, args.dim)["factory"]
-            factories = [(default, "nprobe", args.nprobe if default.startswith("IVF") else [0])]
+            factories = [(ivf_factory(size, args.dim), "nprobe", args.nprobe)]
             if size <= args.hnsw_max_items:
                 factories.append(("HNSW32", "ef_search", args.ef_search))
             for factory, knob, settings in factories:

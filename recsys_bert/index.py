@@ -27,8 +27,12 @@ from recsys_bert.utils import atomic_path, one_line
 logger = logging.getLogger(__name__)
 
 SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # our key -> faiss.ParameterSpace's name
-EXACT_BELOW = 100_000  # items: below this, the exact scan is about as fast (benchmarks/index_results.json)
-NPROBE = 32  # IVF lists searched per user: recall@100 ~.95 on MiniLM item vectors at 1M (index_results.json)
+# benchmarks/index_results.json (1M MiniLM movie vectors tiled with noise, 2 loaded cores): HNSW32 at ef_search 512
+# recall@100 .90 at 15x the exact scan's users/s, IVF4096 .87 at 7x (nprobe 64); below about 100k items an IVF of
+# recall ~.95 is under 1.5x the exact scan
+EXACT_BELOW = 100_000
+EF_SEARCH = 512
+NPROBE = 64
 MAX_NLIST = 4096
 ADD_BLOCK = 1 << 18  # vectors converted to float32 and added at once: a float16 catalogue is never copied whole
 
@@ -36,20 +40,23 @@ ADD_BLOCK = 1 << 18  # vectors converted to float32 and added at once: a float16
 def index_params(num_items: int, dim: int) -> dict:
     """Default index parameters for a catalogue of `num_items` vectors of width `dim`, after faiss's guidelines
     (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index) and benchmarks/rank_throughput.py
-    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is as fast, else the IVF of
-    `ivf_factory` searched in `NPROBE` lists.
+    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is about as fast; HNSW
+    (inner product, 32 links per vector, faiss's efConstruction 40) while the float32 vectors fit in 8 GiB (HNSW
+    keeps a copy); past that, the IVF of `ivf_factory`, with 8-bit storage.
 
     Returns:
-        `{"factory": faiss index factory string}`, with `"nprobe"` for IVF. HNSW (`"HNSW32"`) takes `"ef_search"`.
+        `{"factory": faiss index factory string}`, with `"ef_search"` for HNSW or `"nprobe"` for IVF.
     """
     if num_items < EXACT_BELOW:
         return {"factory": "Flat"}
+    if num_items * dim * 4 <= 8 * 2**30:
+        return {"factory": "HNSW32", "ef_search": EF_SEARCH}
     return {"factory": ivf_factory(num_items, dim), "nprobe": NPROBE}
 
 
 def ivf_factory(num_items: int, dim: int) -> str:
     """`IVF{nlist},Flat` with nlist the power of 2 nearest 4 sqrt(items), at most `MAX_NLIST` (k-means training
-    costs nlist^2: 4096 lists take minutes on 2 cores, 16384 hours); past 8 GiB of float32 vectors, an HNSW
+    grows with nlist^2: 4096 lists over 1M vectors took 140 s on 2 cores); past 8 GiB of float32 vectors, an HNSW
     coarse quantizer (assigning 10M vectors to lists by a full scan of the centroids is slow too) and 8-bit scalar
     storage (a quarter of the memory; dot products within about 1e-3)."""
     nlist = min(MAX_NLIST, 2 ** round(math.log2(4 * math.sqrt(num_items))))

@@ -9,7 +9,16 @@ import faiss
 import pytest
 import torch
 
-from recsys_bert.index import build_index, index_params, index_path, index_top_k, load_or_build
+from recsys_bert.index import (
+    EF_SEARCH,
+    NPROBE,
+    build_index,
+    index_params,
+    index_path,
+    index_top_k,
+    ivf_factory,
+    load_or_build,
+)
 from recsys_bert.metrics import ranking_metrics, target_ranks
 from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
 from recsys_bert.retrieval import top_k
@@ -151,8 +160,8 @@ def test_damaged_index_file_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
 
 def test_index_params_follow_the_catalogue_size():
     assert index_params(5_000, 384) == {"factory": "Flat"}
-    large = index_params(1_000_000, 384)
-    assert large["factory"].startswith("HNSW") and large["ef_search"] >= 100
-    assert index_params(10_000_000, 384)["factory"].endswith("SQ8")  # float32 storage would be 15 GB
-    for params in (index_params(5_000, 16), index_params(200_000, 16)):
-        assert build_index(torch.nn.functional.normalize(torch.randn(300, 16), dim=-1), params).ntotal == 300
+    assert index_params(1_000_000, 384) == {"factory": "HNSW32", "ef_search": EF_SEARCH}
+    assert index_params(10_000_000, 384) == {"factory": "IVF4096_HNSW32,SQ8", "nprobe": NPROBE}  # float32: 15 GB
+    assert ivf_factory(1_000_000, 384) == "IVF4096,Flat"  # 4 sqrt(N) lists
+    vectors = torch.nn.functional.normalize(torch.randn(300, 16), dim=-1)
+    assert build_index(vectors, {**index_params(5_000, 16), "nprobe": 4, "ef_search": 8}).ntotal == 300  # ignored
