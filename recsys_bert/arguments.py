@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,30 @@ class DataArguments:
     max_eval_users: int = field(
         default=0, metadata={"help": "Evaluate on at most this many users (random, fixed by seed); 0 = all."}
     )
+    valid_since: str | None = field(
+        default=None,
+        metadata={
+            "help": "A split by global time instead of leave-one-out (with test_since; ISO date or Unix seconds): "
+            "training rows are the targets before valid_since, valid is each user's first target in "
+            "[valid_since, test_since) (none where valid_since = test_since: the last model is kept), the history "
+            "everything before the target."
+        },
+    )
+    test_since: str | None = field(
+        default=None,
+        metadata={"help": "With valid_since: test is each user's first target at or after this time."},
+    )
+    train_since: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train only on targets at or after this time (ISO date or Unix seconds), e.g. the new "
+            "interactions of an update (--init_from); the earlier ones stay in the histories as context."
+        },
+    )
+    replay_fraction: float = field(
+        default=0.0,
+        metadata={"help": "With train_since: also train on this share of the earlier targets (seeded, random)."},
+    )
 
 
 @dataclass
@@ -181,6 +206,14 @@ class TrainingArguments:
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted)."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest complete one in output_dir."}
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue from a trained recsys-bert model (a train.py output folder or a Hub id) on new "
+            "interactions: its weights, architecture and tokenizer, with a fresh optimizer and schedule (unlike "
+            "resume_from_checkpoint). Model settings that differ from the model's own are an error."
+        },
     )
     metric_for_best_model: str = field(
         default="ndcg@10", metadata={"help": "Validation metric for early stopping and the best model."}
@@ -329,6 +362,7 @@ class RecommendArguments:
 
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, TrainingArguments)
+TIME_SETTINGS = ("valid_since", "test_since", "train_since")  # YAML reads an unquoted date or number as not a string
 
 
 def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
@@ -405,6 +439,8 @@ def load_yaml_settings(path: str | Path, types: tuple = ALL_ARGUMENTS) -> dict:
         where = f"{path}, line {lines.get(key, '?')}, field '{key}'"
         if key not in fields:
             raise InputError(f"{where}: unknown setting (see --help for the settings)")
+        if key in TIME_SETTINGS and isinstance(value, (datetime.date, int, float)) and not isinstance(value, bool):
+            value = settings[key] = value.isoformat() if isinstance(value, datetime.date) else str(value)  # unquoted
         if _type_name(fields[key]) == "float" and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
             try:
                 value = settings[key] = float(value)

@@ -222,6 +222,24 @@ def _beyond_accuracy_table(results: dict) -> str:
     )
 
 
+def _updates_section(model_config: dict) -> str:
+    """What the model was updated from (`train.py --init_from`), oldest first ("" for a model trained from its
+    encoder)."""
+    updates = model_config.get("updated_from") or []
+    if not updates:
+        return ""
+    rows = []
+    for update in updates:
+        period = " to ".join(update["data_period"]) if update.get("data_period") else "(no times in the data)"
+        replay = f", replaying {update['replay_fraction']:.0%} of the earlier" if update.get("replay_fraction") else ""
+        rows.append(f"| `{update['model']}` | `{update['revision']}` | {period}{replay} |")
+    return (
+        "## Updates\n\nThis model continues a trained recsys-bert model on newer interactions (its weights, a fresh "
+        "optimizer and schedule); the last row is the latest update.\n\n| updated from | revision | training targets "
+        "|\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+    )
+
+
 def model_card(results: dict, settings: dict, model_config: dict, repo_id: str | None = None) -> str:
     """README.md of a trained model: Hub metadata (library, tags, licence, base model, metrics) and a human part (the
     results in both protocols beside the baselines, how to use it, the training settings). No local paths: a
@@ -287,7 +305,7 @@ user's history by the `{model_config.get("user_tower")}` user tower, and items a
 scores, with a learned offset (`repeat_bias`) for items already in the user's recent history. Trained with
 recsys-bert. {license_note}
 
-## Results ({split})
+{_updates_section(model_config)}## Results ({split})
 
 Ties broken against the target; best of {protocol.get("steps")} steps at step {protocol.get("best_step")}. The
 baselines are scored the same way: popularity (interactions before the test split) and the untrained encoder

@@ -35,6 +35,8 @@ class RecsysBertConfig(PretrainedConfig):
 
     Args:
         encoder (`dict`, *optional*): the encoder's own config (`to_dict()`), so a saved model rebuilds it offline.
+        updated_from (`list[dict]`, *optional*): the models this one was updated from (`train.py --init_from`), oldest
+            first, each `{"model", "revision", "data_period"}` (`recsys_bert.trainer.update_record`).
 
     Field names stay clear of what transformers reserves in a `PretrainedConfig` (its own attributes and the
     generation parameters, which `save_pretrained` refuses): the score's temperature is `score_temperature`, and a
@@ -58,6 +60,7 @@ class RecsysBertConfig(PretrainedConfig):
         score_temperature: float = 0.05,
         finetune_layers: int = 0,
         dropout: float = 0.1,
+        updated_from: list[dict] | None = None,
         **kwargs,
     ):
         if "temperature" in kwargs:  # a model saved before the rename
@@ -75,6 +78,7 @@ class RecsysBertConfig(PretrainedConfig):
         self.score_temperature = score_temperature
         self.finetune_layers = finetune_layers
         self.dropout = dropout
+        self.updated_from = updated_from
         super().__init__(**kwargs)
         if pooling not in ("mean", "cls", None):  # None: the encoder's own, set by `from_encoder`
             raise InputError(f"model config, field 'pooling': {pooling!r} is not 'mean' or 'cls'")

@@ -10,6 +10,8 @@ interrupted one was.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import hashlib
 import json
 import logging
 import math
@@ -44,6 +46,7 @@ from recsys_bert.checkpoints import (
 from recsys_bert.cli import configure_logging
 from recsys_bert.collators import EvalCollator, TrainCollator
 from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
+from recsys_bert.data.splits import parse_time
 from recsys_bert.distributed import any_process, has_accelerator, whole_parameters
 from recsys_bert.encoders import default_encoder_path
 from recsys_bert.evaluation import (
@@ -58,7 +61,7 @@ from recsys_bert.evaluation import (
 from recsys_bert.hub import ITEM_ENCODER_FOLDER, public_name, push_to_hub, save_item_encoder, write_model_card
 from recsys_bert.losses import step_loss
 from recsys_bert.metrics import ItemStatistics, paired_bootstrap, per_user
-from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, save_model
+from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model, save_model
 from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -134,8 +137,15 @@ class Trainer:
         set_seed(args.seed)
         start = time.perf_counter()
 
+        # ---- the model to continue from (init_from): its architecture, weights and tokenizer ----
+        initial = None
+        if args.init_from:
+            initial, self.tokenizer = load_model(args.init_from)
+            self.model_args = model_args = loaded_model_args(initial.config, model_args, args.init_from)
+        else:
+            self.tokenizer = load_tokenizer(model_args.encoder_name_or_path or default_encoder_path())
+
         # ---- data: loaded and tokenized once, by the main process first (the others read its cache) ----
-        self.tokenizer = load_tokenizer(model_args.encoder_name_or_path or default_encoder_path())
         with accelerator.main_process_first():
             self.data = data = load_data(data_args, max_history=model_args.max_history, seed=args.seed)
             items = tokenize_items(data.items, self.tokenizer, model_args.max_item_tokens)
@@ -146,8 +156,16 @@ class Trainer:
             raise InputError(f"{data.name}: no training rows (see what was skipped above); nothing to train on")
         self.catalogue = Catalogue.from_items(items, self.tokenizer.pad_token_id)
 
-        self.config = config = RecsysBertConfig(**vars(model_args))
-        model = RecsysBertModel.from_encoder(config).to(accelerator.device)
+        if initial is None:
+            self.config = config = RecsysBertConfig(**vars(model_args))
+            model = RecsysBertModel.from_encoder(config).to(accelerator.device)
+        else:  # the saved model says what it was updated from, a chain of updates in order
+            self.config = config = initial.config
+            record = update_record(args.init_from, initial, data, data_args)
+            config.updated_from = [*(config.updated_from or []), record]
+            model = initial.to(accelerator.device)
+        if len(data.valid) == 0 and accelerator.is_main_process:
+            logger.info("No validation rows (valid_since = test_since): the model after the last step is kept")
         self.catalogue.compute_frozen_states(model, accelerator, args.per_device_eval_batch_size)
 
         # ---- prepare, then the number of steps of the sharded loader, then the schedule ----
@@ -347,7 +365,7 @@ class Trainer:
         if out_of_time:
             logger.info("Time budget of %s minutes spent at step %d", args.max_train_minutes, step)
         stop = step >= self.max_steps or out_of_time
-        if (args.eval_steps > 0 and step % args.eval_steps == 0) or stop:
+        if ((args.eval_steps > 0 and step % args.eval_steps == 0) or stop) and len(self.data.valid):
             self._validate(step, loop_start)
             patience = args.early_stopping_patience
             if patience and state.evals_without_improvement >= patience:
@@ -486,6 +504,50 @@ class Trainer:
                 f"push to {args.hub_model_id} failed ({type(err).__name__}: {one_line(err)}); the model is saved in "
                 f"{output_dir}: push it with python -m recsys_bert.hub {output_dir} --hub_model_id {args.hub_model_id}"
             ) from None
+
+
+def loaded_model_args(config: RecsysBertConfig, model_args: ModelArguments, source: str) -> ModelArguments:
+    """The `ModelArguments` of a model to continue from (`init_from`). A setting given with another value than its
+    default and the model's own is an error: the architecture is the model's."""
+    defaults, conflicts = ModelArguments(), []
+    for f in dataclasses.fields(ModelArguments):
+        given, own = getattr(model_args, f.name), getattr(config, f.name)
+        if f.name == "encoder_name_or_path":  # saved models keep a local encoder folder by its name
+            given = public_name(given)
+        if given != getattr(defaults, f.name) and given != own:
+            conflicts.append(f"{f.name} {given!r} (the model's: {own!r})")
+    if conflicts:
+        raise InputError(
+            f"init_from {source}: the architecture is the model's own; drop or match: {'; '.join(conflicts)}"
+        )
+    return ModelArguments(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelArguments)})
+
+
+def update_record(source: str, model: RecsysBertModel, data: RecData, data_args: DataArguments) -> dict:
+    """What an update (`init_from`) continued from, for the saved config's `updated_from`: the model's public name
+    (a local folder's last part), its revision (the Hub commit, else a short sha256 of the weights) and the period
+    of the new training targets, [first, last] as ISO dates (None where the data has no times)."""
+    revision = getattr(model.config, "_commit_hash", None)  # set by from_pretrained for a Hub model
+    if revision is None:
+        digest = hashlib.sha256()
+        for path in sorted(Path(source).glob("model*.safetensors")):
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+        revision = f"sha256:{digest.hexdigest()[:16]}"
+    period = None
+    if "timestamp" in data.train.column_names:
+        times = data.train.data.column("timestamp").to_numpy()
+        if data_args.train_since is not None:  # the new targets, not the replayed ones
+            times = times[times >= parse_time(data_args.train_since, "train_since")]
+        if len(times):
+            period = [iso_date(times.min()), iso_date(times.max())]
+    record = {"model": public_name(source), "revision": revision, "data_period": period}
+    return record | ({"replay_fraction": data_args.replay_fraction} if data_args.replay_fraction else {})
+
+
+def iso_date(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).date().isoformat()
 
 
 def load_tokenizer(name_or_path: str):

@@ -310,7 +310,7 @@ def test_generic_bad_rows_are_skipped_and_counted(tmp_path):
     }
     assert data.test.to_dict() == {"user_id": ["u1", "u2"], "history": [[0, 1, 2], [3, 0]], "target": [3, 1]}
     assert data.valid.to_dict() == {"user_id": ["u1", "u2"], "history": [[0, 1], [3]], "target": [2, 0]}
-    assert data.train.to_dict() == {"user_id": ["u1"], "history": [[0]], "target": [1]}
+    assert data.train.to_dict() == {"user_id": ["u1"], "history": [[0]], "target": [1], "timestamp": [2.0]}
     assert data.train_item_counts.tolist() == [1, 1, 0, 1]  # u1's i1, i2 (its valid history), u2's i5
     assert "log.csv: unknown item_id: 2" in format_skipped(data.skipped).splitlines()
     assert format_skipped({}) == "no rows skipped"

@@ -18,14 +18,23 @@ from recsys_bert.utils import atomic_path, one_line
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = "2"  # 2: item counts of every training interaction, ties in time by item id
+CACHE_VERSION = "3"  # 2: item counts of every training interaction, ties in time by item id; 3: train timestamps
 TABLES = ("items", "train", "valid", "test")
 
 
-# the data arguments that change the parsed data, per format (max_eval_users is applied after the cache)
+# the data arguments that change the parsed data, per format (max_eval_users, train_since and replay_fraction
+# are applied after the cache)
 CACHE_KEY_ARGUMENTS = {
-    "generic": ("item_id_column", "user_id_column", "timestamp_column", "text_template", "min_history"),
-    "movielens": ("min_history",),
+    "generic": (
+        "item_id_column",
+        "user_id_column",
+        "timestamp_column",
+        "text_template",
+        "min_history",
+        "valid_since",
+        "test_since",
+    ),
+    "movielens": ("min_history", "valid_since", "test_since"),
     "atomic": (),
     "mind": ("mind_valid_fraction", "mind_test_fraction"),
 }

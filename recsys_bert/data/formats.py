@@ -1,6 +1,7 @@
 """The four sources (`DataArguments.data_format`) and how each becomes a `RecData`:
 
-- `generic`: an item table and an interaction log (.csv, .tsv, .jsonl or .parquet), split leave-one-out by time.
+- `generic`: an item table and an interaction log (.csv, .tsv, .jsonl or .parquet), split leave-one-out by time, or
+  by global time (`valid_since`, `test_since`).
 - `movielens`: an ml-latest-small style folder (movies.csv, ratings.csv, tags.csv), split like `generic`.
 - `atomic`: RecBole/UniSRec atomic files with their own split, item indices kept as in the files.
 - `mind`: MIND news.tsv + behaviors.tsv, impressions split by time.
@@ -33,7 +34,14 @@ from recsys_bert.data.readers import (
     to_number,
 )
 from recsys_bert.data.recdata import RecData
-from recsys_bert.data.splits import arrow_dataset, leave_one_out, list_array, row_bounds, training_item_counts
+from recsys_bert.data.splits import (
+    arrow_dataset,
+    list_array,
+    parse_time,
+    row_bounds,
+    split_log,
+    training_item_counts,
+)
 from recsys_bert.utils import InputError, one_line
 
 logger = logging.getLogger(__name__)
@@ -51,6 +59,22 @@ def check_settings(data_args: DataArguments, max_history: int) -> None:
         raise InputError(f"max_history must be at least 1, got {max_history}")
     if data_args.min_history < 0:
         raise InputError(f"min_history must be 0 or more, got {data_args.min_history}")
+    timed = data_args.data_format in ("generic", "movielens")  # logs with a time of their own per interaction
+    if (data_args.valid_since is None) != (data_args.test_since is None):
+        raise InputError("valid_since and test_since: give both (a split by global time) or neither (leave-one-out)")
+    if data_args.valid_since is not None:
+        if not timed:
+            raise InputError(f"valid_since, test_since: data_format '{data_args.data_format}' keeps its own split")
+        if parse_time(data_args.valid_since, "valid_since") > parse_time(data_args.test_since, "test_since"):
+            raise InputError(f"valid_since ({data_args.valid_since}) is after test_since ({data_args.test_since})")
+    if data_args.train_since is not None:
+        parse_time(data_args.train_since, "train_since")
+        if data_args.data_format == "atomic":
+            raise InputError("train_since: atomic files have no timestamps")
+    if not 0 <= data_args.replay_fraction <= 1:
+        raise InputError(f"replay_fraction must be between 0 and 1, got {data_args.replay_fraction}")
+    if data_args.replay_fraction and data_args.train_since is None:
+        raise InputError("replay_fraction: set train_since too (the replay is a share of the targets before it)")
     if data_args.data_format == "mind":
         valid_fraction, test_fraction = data_args.mind_valid_fraction, data_args.mind_test_fraction
         if not (0 < valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 1):
@@ -142,8 +166,16 @@ def _load_generic(data_args: DataArguments, files: dict[str, Path], max_history:
     items = load_items(files["items"], item_column, data_args.text_template, skipped)
     columns = (data_args.user_id_column, item_column, data_args.timestamp_column)
     log = read_table(files["interactions"], list(columns), skipped)
-    splits = leave_one_out(log, items, files["interactions"], columns, max_history, data_args.min_history, skipped)
+    splits = split_log(log, items, files["interactions"], columns, max_history, data_args.min_history, skipped,
+                       _cuts(data_args))  # fmt: skip
     return (arrow_dataset(items), *splits)
+
+
+def _cuts(data_args: DataArguments) -> tuple[float, float] | None:
+    """(valid_since, test_since) in Unix seconds for a split by global time; None for leave-one-out."""
+    if data_args.valid_since is None:
+        return None
+    return parse_time(data_args.valid_since, "valid_since"), parse_time(data_args.test_since, "test_since")
 
 
 def _load_movielens(data_args: DataArguments, files: dict[str, Path], max_history: int, skipped: dict[str, int]):
@@ -166,7 +198,8 @@ def _load_movielens(data_args: DataArguments, files: dict[str, Path], max_histor
     )
     columns = ("userId", "movieId", "timestamp")
     ratings = read_table(files["interactions"], list(columns), skipped)
-    splits = leave_one_out(ratings, items, files["interactions"], columns, max_history, data_args.min_history, skipped)
+    splits = split_log(ratings, items, files["interactions"], columns, max_history, data_args.min_history, skipped,
+                       _cuts(data_args))  # fmt: skip
     return (arrow_dataset(items), *splits)
 
 
@@ -265,6 +298,7 @@ def _load_mind(data_args: DataArguments, files: dict[str, Path], max_history: in
     count_skipped(skipped, f"{name}: missing or unparseable time", bad_time.sum())
     keep = np.flatnonzero(~(missing | bad_time))
     keep = keep[np.argsort(times[keep], kind="stable")]  # oldest first, ties in file order
+    seconds = (times[keep] - np.datetime64(0, "s")) / np.timedelta64(1, "s")  # (impressions,) Unix seconds
     log, impression_ids, users = (
         log.iloc[keep],
         strings(impression_ids.to_numpy()[keep]),
@@ -315,6 +349,7 @@ def _load_mind(data_args: DataArguments, files: dict[str, Path], max_history: in
         ),
         "target": pa.array(candidate_codes[train_click]),
         "negatives": list_array(candidate_codes[~is_click], negative_starts[click_rows], negative_ends[click_rows]),
+        "timestamp": pa.array(seconds[click_rows]),
     }
     if not len(click_rows):
         raise InputError(f"{behaviors_path}: no usable rows (no click in the train impressions)")

@@ -11,7 +11,7 @@ from recsys_bert.arguments import DataArguments
 from recsys_bert.data import cache
 from recsys_bert.data.formats import check_settings, parse, source_files
 from recsys_bert.data.recdata import RecData
-from recsys_bert.data.splits import limit_eval_users
+from recsys_bert.data.splits import limit_eval_users, parse_time, rows_since
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def load_data(data_args: DataArguments, max_history: int, seed: int = 42) -> Rec
     Args:
         data_args: the source (format, files) and the split settings.
         max_history: most recent history items kept in training rows (valid/test keep the full history).
-        seed: picks the users kept when `data_args.max_eval_users` > 0.
+        seed: picks the users kept when `data_args.max_eval_users` > 0, and the replayed rows (`replay_fraction`).
 
     Returns:
         `RecData` whose tables are memory-mapped from the cache folder (in memory if the cache can't be written).
@@ -41,6 +41,9 @@ def load_data(data_args: DataArguments, max_history: int, seed: int = 42) -> Rec
         data = cache.save(data, cache_dir)
     else:
         logger.info("loaded %s from the cache %s", data.name, cache_dir)
+    if data_args.train_since is not None:  # the new interactions (and a replay of the old); histories keep them all
+        since = parse_time(data_args.train_since, "train_since")
+        data.train = rows_since(data.train, since, data_args.replay_fraction, seed)
     if data_args.max_eval_users > 0:
         data.valid, data.test = limit_eval_users(data.valid, data.test, data_args.max_eval_users, seed)
     return data

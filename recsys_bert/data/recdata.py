@@ -15,9 +15,10 @@ class RecData:
 
     Args:
         items: `item_id` (string) and `text` (string) of every item.
-        train: `user_id`, `history` (list<int32>, oldest -> newest, the last `max_history`), `target` (int32);
-            MIND also has `negatives` (list<int32>, the impression's non-clicked items).
-        valid: leave-one-out: `user_id`, `history` (the full history before the target), `target`. MIND:
+        train: `user_id`, `history` (list<int32>, oldest -> newest, the last `max_history`), `target` (int32),
+            `timestamp` (float64, the target's Unix seconds; not in atomic files); MIND also has `negatives`
+            (list<int32>, the impression's non-clicked items).
+        valid: leave-one-out or by time: `user_id`, `history` (the full history before the target), `target`. MIND:
             impressions with `impression_id`, `user_id`, `history` (full), `candidates` (list<int32>) and `labels`
             (list<int8>, 1 = click).
         test: like `valid`.

@@ -1,4 +1,5 @@
-"""Splits of an interaction log into training rows and evaluation rows, built as Arrow tables without Python loops."""
+"""Splits of an interaction log into training rows and evaluation rows (leave-one-out, or by global time), built as
+Arrow tables without Python loops."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from recsys_bert.utils import InputError
 logger = logging.getLogger(__name__)
 
 
-def leave_one_out(
+def split_log(
     log: pd.DataFrame,
     items: pd.DataFrame,
     path: Path,
@@ -26,9 +27,14 @@ def leave_one_out(
     max_history: int,
     min_history: int,
     skipped: dict[str, int],
+    cuts: tuple[float, float] | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
-    """Sorts the interactions by (user, time), ties in file order, and splits each user's sequence: test = the last
-    item, valid = the second-last, train = one row per earlier position t >= 1 (history = the items before it)."""
+    """Sorts the interactions by (user, time), ties by item id, and splits them.
+
+    Leave-one-out (`cuts` None): each user's sequence gives test = the last item, valid = the second-last, train =
+    one row per earlier position t >= 1 (history = the items before it). By global time (`cuts` = (valid_since,
+    test_since) in Unix seconds): `time_split`. Training rows also hold their target's `timestamp` (Unix seconds).
+    """
     user_column, item_column, time_column = columns
     users, item_ids = log[user_column].str.strip(), log[item_column].str.strip()
     missing = ((users == "") | (item_ids == "")).to_numpy()
@@ -55,11 +61,15 @@ def leave_one_out(
     # never depends on the file's row order
     order = np.lexsort((_id_order(items["item_id"])[item_codes[keep]], times[keep], user_codes))
     user_codes, sequence = user_codes[order], item_codes[keep][order].astype(np.int32)
+    times = times[keep][order]
 
     starts = (
         np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]]) if len(user_codes) else np.zeros(0, np.int64)
     )
     ends = np.r_[starts[1:], len(user_codes)].astype(np.int64)
+    if cuts is not None:
+        names = strings(np.asarray(user_names, dtype=object))  # one per user code
+        return time_split(names, user_codes, sequence, times, starts, cuts, path, max_history, min_history, skipped)
     needed = min_history + 2
     long_enough = ends - starts >= needed
     count_skipped(skipped, f"{path.name}: users with fewer than {needed} interactions", (~long_enough).sum())
@@ -80,6 +90,7 @@ def leave_one_out(
         "user_id": names.take(row_user),
         "history": list_array(sequence, np.maximum(starts[row_user], target_pos - max_history), target_pos),
         "target": pa.array(sequence[target_pos]),
+        "timestamp": pa.array(times[target_pos]),
     }
     valid = {
         "user_id": names,
@@ -92,6 +103,79 @@ def leave_one_out(
         "target": pa.array(sequence[ends - 1]),
     }
     return arrow_dataset(train), arrow_dataset(valid), arrow_dataset(test)
+
+
+def time_split(
+    names: pa.Array,
+    user_codes: np.ndarray,
+    sequence: np.ndarray,
+    times: np.ndarray,
+    starts: np.ndarray,
+    cuts: tuple[float, float],
+    path: Path,
+    max_history: int,
+    min_history: int,
+    skipped: dict[str, int],
+) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
+    """The split by global time of interactions sorted by (user, time): train = every target before valid_since
+    (position t >= 1, history = the last `max_history` items before it), valid = each user's first target in
+    [valid_since, test_since), test = each user's first target at or after test_since, with the whole history before
+    it. A user without a target in a period has no row there; one with fewer than `min_history` items before it
+    neither (counted in `skipped`).
+
+    Args:
+        names (`(users,)`): user ids by user code; `user_codes`, `sequence`, `times` (`(interactions,)`): sorted;
+        starts (`(users,)`): each user's first position.
+    """
+    valid_since, test_since = cuts
+    before = np.arange(len(sequence)) - starts[user_codes]  # (interactions,) items before it in its user's sequence
+    target = np.flatnonzero((before >= 1) & (times < valid_since))
+    user = user_codes[target]
+    train = {
+        "user_id": names.take(user),
+        "history": list_array(sequence, np.maximum(starts[user], target - max_history), target),
+        "target": pa.array(sequence[target]),
+        "timestamp": pa.array(times[target]),
+    }
+    tables = [arrow_dataset(train)]
+    for split, low, high in (("valid", valid_since, test_since), ("test", test_since, np.inf)):
+        in_period = np.flatnonzero((times >= low) & (times < high))
+        _, first = np.unique(user_codes[in_period], return_index=True)  # sorted by time within each user
+        target = in_period[first]
+        short = before[target] < min_history
+        count_skipped(skipped, f"{path.name}: {split} targets with fewer than {min_history} items before them",
+                      short.sum())  # fmt: skip
+        target = target[~short]
+        user = user_codes[target]
+        rows = {"user_id": names.take(user), "history": list_array(sequence, starts[user], target),
+                "target": pa.array(sequence[target])}  # fmt: skip
+        tables.append(arrow_dataset(rows))
+    if not len(tables[2]):
+        raise InputError(f"{path}: no usable rows (no interaction at or after test_since with a history before it)")
+    return tables[0], tables[1], tables[2]
+
+
+def parse_time(value: str, name: str) -> float:
+    """A time setting, an ISO date (UTC unless it says otherwise) or Unix seconds, as Unix seconds."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        stamp = pd.Timestamp(value)
+    except ValueError:
+        raise InputError(f"{name}: {value!r} is neither an ISO date (2018-06-01) nor Unix seconds") from None
+    return (stamp if stamp.tzinfo else stamp.tz_localize("UTC")).timestamp()
+
+
+def rows_since(train: datasets.Dataset, since: float, replay_fraction: float, seed: int) -> datasets.Dataset:
+    """The training rows whose target is at or after `since` (Unix seconds), and a seeded random share
+    `replay_fraction` of the earlier ones (a replay of the old log), in their order."""
+    times = train.data.column("timestamp").to_numpy()
+    earlier = np.flatnonzero(times < since)
+    replay = np.random.default_rng(seed).choice(earlier, round(replay_fraction * len(earlier)), replace=False)
+    keep = np.sort(np.concatenate([np.flatnonzero(times >= since), replay]).astype(np.int64))
+    return arrow_dataset(train.data.table.take(keep))
 
 
 def _id_order(ids: pd.Series) -> np.ndarray:
@@ -156,8 +240,9 @@ def list_array(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.L
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values[gather]))
 
 
-def arrow_dataset(columns: dict | pd.DataFrame) -> datasets.Dataset:
+def arrow_dataset(columns: dict | pd.DataFrame | pa.Table) -> datasets.Dataset:
     if isinstance(columns, pd.DataFrame):
         columns = {name: strings(columns[name].to_numpy()) for name in columns.columns}
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns)
     # a fresh random fingerprint: datasets would otherwise hash the whole table (seconds for millions of rows)
-    return datasets.Dataset(pa.table(columns), fingerprint=uuid.uuid4().hex[:16])
+    return datasets.Dataset(table, fingerprint=uuid.uuid4().hex[:16])
