@@ -302,12 +302,13 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     cache_dir = Path(args.vector_cache or default_vector_cache())
     if (args.vector_cache or "").lower() == "none":
         cache_dir = None
-    cache_key = None
-    if args.int8:  # the key from the fp32 weights (an int8 layer's weights are packed, not tensors)
-        cache_key = fingerprint(model, catalogue, "int8")
+    # the key from the fp32 weights (an int8 layer's weights are packed, not tensors)
+    cache_key = fingerprint(model, catalogue, "int8" if args.int8 else accelerator.mixed_precision)
+    if args.int8:
         model = quantize_int8(model)
     vectors, cache_hit = catalogue_vectors(model, catalogue, accelerator, args.batch_size, cache_dir, cache_key)
     vectors = vectors.to(accelerator.device)  # (items, dim)
+    index, index_name = _ann_index(args, vectors, cache_dir, cache_key, accelerator)
     encoded = time.perf_counter()
 
     # ---- each process ranks a contiguous slice of the users, streamed in batches; the main process merges the
@@ -346,17 +347,17 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
             if impressions:
                 table = _impression_table(model, users, vectors, batch, batch_rows, user_ids, item_ids)
             else:
-                logits, index, log_normalizer = rank(
+                logits, found, log_normalizer = rank(
                     model, batch, users, vectors, args.top_k, args.item_chunk_size, args.diversify,
-                    args.diversity_lambda,
+                    args.diversity_lambda, index,
                 )  # fmt: skip
                 because = None
                 if args.explain:
                     because = explain(
-                        model, batch_rows, index, logits, batch_vectors, collator, accelerator, args.explain,
+                        model, batch_rows, found, logits, batch_vectors, collator, accelerator, args.explain,
                         args.batch_size,
                     )  # fmt: skip
-                table = _ranking_table(logits, index, log_normalizer, user_ids, names, batch_rows, split_rows, because)
+                table = _ranking_table(logits, found, log_normalizer, user_ids, names, batch_rows, split_rows, because)
             writer.write(table)
             ranked, new_texts = ranked + len(batch_rows), new_texts + len(texts)
             progress.update(world * len(batch_rows))
@@ -387,6 +388,7 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
         "new_texts": new_texts,
         "processes": world,
         "vector_cache": "hit" if cache_hit else ("written" if cache_dir else "off"),
+        "index": index_name,
         "encode_seconds": round(encoded - start, 2),
         "seconds": round(seconds, 2),
         "users_per_second": round(ranked / max(time.perf_counter() - encoded, 1e-9), 1),
@@ -395,6 +397,30 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     if accelerator.is_main_process:
         logger.info("Recommended: %s", json.dumps(summary, ensure_ascii=False))
     return summary
+
+
+def _ann_index(args: RecommendArguments, vectors: torch.Tensor, cache_dir: Path | None, key: str, accelerator):
+    """The faiss index `--index` asks for (built by the main process and cached beside the vectors, read by the
+    others), and what the summary calls it: its factory string, or "exact" for the whole-catalogue scan."""
+    if args.index == "exact":
+        return None, "exact"
+    try:
+        from recsys_bert import index as ann
+    except ImportError:
+        if args.index == "faiss":
+            raise InputError("--index faiss needs faiss: pip install 'recsys-bert[ann]'") from None
+        return None, "exact"
+    if args.index == "auto" and len(vectors) < ann.EXACT_BELOW:
+        return None, "exact"
+    params = ann.index_params(len(vectors), vectors.shape[1])
+    if args.index_factory:  # another kind of index: its own search setting, or faiss's default
+        params = {"factory": args.index_factory}
+    params |= {key: value for key, value in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if value}
+    with accelerator.main_process_first():
+        index, from_disk = ann.load_or_build(vectors.cpu(), cache_dir, key, params)
+    if accelerator.is_main_process:
+        logger.info("Index %s (%s): %s", params, "from the cache" if from_disk else "built", len(vectors))
+    return index, params["factory"]
 
 
 def _batches(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:

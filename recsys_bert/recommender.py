@@ -111,6 +111,7 @@ def rank(
     item_chunk_size: int = 100_000,
     diversify: str | None = None,
     diversity_lambda: float = 1.0,
+    index=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top `k` items of an `EvalCollator` batch's users, as `retrieval.top_k` returns them.
 
@@ -118,6 +119,8 @@ def rank(
         users (`(users, dim)`): the batch's user vectors.
         vectors (`(items, dim)`): the catalogue's item vectors (what is ranked).
         diversify: `mmr` or `dpp` re-ranks the best `rerank.POOL x k` items; `None` keeps the plain top-K.
+        index: a faiss index over `vectors` (`recsys_bert.index`): its candidates, scored exactly, instead of the
+            whole catalogue; the log-normalizer is then over the candidates.
 
     The batch's `full_history_ids` (the collator's `full_history`) are excluded, the split's target aside, and ties
     are broken against the target, as evaluation ranks it.
@@ -125,12 +128,19 @@ def rank(
     exclude, targets = batch.get("full_history_ids"), batch.get("target_ids")
     if exclude is not None and targets is not None:  # the split's target stays rankable
         exclude = exclude.masked_fill(exclude == targets[:, None], -1)
-    score = partial(model.score, history_ids=batch["history_ids"])
     pool = k if diversify is None else POOL * k
-    logits, index, log_normalizer = top_k(users, vectors, pool, score, exclude, item_chunk_size, targets)
+    if index is not None:
+        from recsys_bert.index import index_top_k  # faiss is an optional extra
+
+        logits, found, log_normalizer = index_top_k(
+            index, users, vectors, pool, model, batch["history_ids"], exclude, ties_against=targets
+        )
+    else:
+        score = partial(model.score, history_ids=batch["history_ids"])
+        logits, found, log_normalizer = top_k(users, vectors, pool, score, exclude, item_chunk_size, targets)
     if diversify is not None:
-        logits, index = rerank(diversify, logits, index, vectors, k, diversity_lambda, model.config.score_temperature)
-    return logits, index, log_normalizer
+        logits, found = rerank(diversify, logits, found, vectors, k, diversity_lambda, model.config.score_temperature)
+    return logits, found, log_normalizer
 
 
 class Recommender:

@@ -190,6 +190,30 @@ def test_a_users_file_is_streamed_in_batches(trained, generic_files, tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
 
 
+def test_a_faiss_index_gives_the_exact_lists_where_it_is_exhaustive(trained, tmp_path):
+    folder, data_flags = trained
+    flags = ["--model", str(folder), *data_flags, "--split", "test", "--top_k", "10", "--exclude_history",
+             "--vector_cache", str(tmp_path / "cache")]  # fmt: skip
+    exact = _recommend(*flags, "--output", str(tmp_path / "exact.parquet"))
+    assert exact["index"] == "exact"  # 'auto' on a small catalogue
+    for run in ("built", "cached"):
+        summary = _recommend(
+            *flags, "--index", "faiss", "--index_factory", "Flat", "--output", str(tmp_path / f"{run}.parquet")
+        )
+        assert summary["index"] == "Flat" and len(list((tmp_path / "cache").glob("*.faiss"))) == 1
+        a, b = _read(tmp_path / "exact.parquet"), _read(tmp_path / f"{run}.parquet")
+        for ids_a, scores_a, ids_b, scores_b in zip(a.item_ids, a.scores, b.item_ids, b.scores):
+            assert_same_ranking_up_to_ties(ids_a, scores_a, ids_b, scores_b)
+        assert _metrics_from_file(a, 10) == pytest.approx(_metrics_from_file(b, 10), abs=1e-3)
+    # an IVF searched in every list is exhaustive too
+    _recommend(*flags, "--index", "faiss", "--index_factory", "IVF4,Flat", "--nprobe", "4",
+               "--output", str(tmp_path / "ivf.parquet"))  # fmt: skip
+    ivf = _read(tmp_path / "ivf.parquet")
+    assert _metrics_from_file(ivf, 10) == pytest.approx(
+        _metrics_from_file(_read(tmp_path / "exact.parquet"), 10), abs=1e-3
+    )
+
+
 def test_second_run_hits_the_vector_cache(trained, tmp_path, monkeypatch):
     folder, data_flags = trained
     flags = ["--model", str(folder), *data_flags, "--vector_cache", str(tmp_path / "cache")]
