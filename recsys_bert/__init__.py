@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from recsys_bert.arguments import DataArguments, ModelArguments, RecommendArguments, TrainingArguments
 from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model, save_model
+from recsys_bert.recommender import Recommender
 from recsys_bert.utils import InputError
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "InputError",
     "ModelArguments",
     "RecommendArguments",
+    "Recommender",
     "RecsysBertConfig",
     "RecsysBertModel",
     "TrainingArguments",

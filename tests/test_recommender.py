@@ -113,3 +113,21 @@ def test_search_finds_titles_by_words(tiny, movies):
     title = text.split(" (")[0]  # texts that start with the query come before those that only contain its words
     first = recommender.search(title)[0][1].lower()
     assert first.startswith(title.lower())
+
+
+def test_the_readmes_recommender_example_runs(generic_files, tiny, tmp_path, capsys):
+    """The README's `Recommender` block, on a tiny model trained for a step (its run folder's config.yaml names the
+    catalogue): it prints three recommendations with their reasons, and the search."""
+    import re
+
+    from recsys_bert.arguments import parse_args
+    from recsys_bert.trainer import train
+    from tests.conftest import REPO_ROOT, reset_accelerate_state, tiny_train_args
+
+    train(*parse_args(tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "1", "--exclude_history")))
+    reset_accelerate_state()
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(from recsys_bert import Recommender\n.*?)```", readme, re.S).group(1)
+    exec(block.replace('"runs/movielens"', repr(str(tmp_path))), {})  # noqa: S102
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and "Toy Story" in lines[-1]
