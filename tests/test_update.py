@@ -135,6 +135,17 @@ def test_an_update_beats_the_stale_model_on_the_new_period_and_records_what_it_c
     assert chain[1]["replay_fraction"] == 0.5
 
 
+def test_a_hub_model_is_recorded_by_its_commit(shift, stale):
+    from recsys_bert.trainer import update_record
+
+    model, _ = load_model(stale)
+    model.config._commit_hash = "ab" * 20  # what from_pretrained sets for a model from the Hub (or its cache)
+    args = DataArguments(items=str(shift["items"]), interactions=str(shift["log"]), text_template="{title}",
+                         train_since=str(NEW_PERIOD))  # fmt: skip
+    record = update_record("me/recsys-bert-shift", model, load_data(args, max_history=10), args)
+    assert record == {"model": "me/recsys-bert-shift", "revision": "ab" * 20, "data_period": ["1970-01-24"] * 2}
+
+
 def test_a_model_setting_that_contradicts_the_loaded_model_is_one_clear_error(shift, stale, tmp_path):
     argv = _update_args(shift, stale, tmp_path / "x", "--projection_dim", "8", "--max_history", "10")
     reset_accelerate_state()
