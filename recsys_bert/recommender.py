@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from recsys_bert.arguments import DataArguments
 from recsys_bert.catalogue import Catalogue
 from recsys_bert.collators import EvalCollator
-from recsys_bert.data import load_data, load_items, tokenize_items
+from recsys_bert.data import load_data, load_items, tokenize_items, tokenize_texts
 from recsys_bert.distributed import has_accelerator
 from recsys_bert.evaluation import user_vectors
 from recsys_bert.explain import explain as explain_by_deletion
@@ -82,12 +82,11 @@ def with_texts(
     if not texts:
         return vectors, catalogue
     config = model.config
-    tokens = tokenize_items(datasets.Dataset.from_dict({"text": texts}), tokenizer, config.max_item_tokens)
-    extra = Catalogue(tokens["input_ids"], tokenizer.pad_token_id)
+    tokens = tokenize_texts(texts, tokenizer, config.max_item_tokens)
+    extra = Catalogue(tokens, tokenizer.pad_token_id)
     vectors = torch.cat([vectors, extra.item_vectors(model, accelerator, batch_size).to(vectors.device)])
     if config.user_tower == "text":
-        token_lists = items.data.column("input_ids").to_pylist() + tokens.data.column("input_ids").to_pylist()
-        catalogue = Catalogue(token_lists, tokenizer.pad_token_id)
+        catalogue = Catalogue(items.data.column("input_ids").to_pylist() + tokens, tokenizer.pad_token_id)
     return vectors, catalogue
 
 

@@ -60,16 +60,17 @@ def tokenize_items(items: datasets.Dataset, tokenizer, max_tokens: int) -> datas
     features["input_ids"] = datasets.List(datasets.Value("int32"))
 
     def tokenize(batch: dict) -> dict:
-        encoded = tokenizer(
-            batch["text"],
-            truncation=True,
-            max_length=max_tokens,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return {"input_ids": encoded["input_ids"]}
+        return {"input_ids": tokenize_texts(batch["text"], tokenizer, max_tokens)}
 
     return items.map(tokenize, batched=True, batch_size=1000, features=features, desc="Tokenizing item texts")
+
+
+def tokenize_texts(texts: list[str], tokenizer, max_tokens: int) -> list[list[int]]:
+    """Each text's token ids as `tokenize_items` gives an item's: with special tokens, truncated, not padded."""
+    encoded = tokenizer(
+        texts, truncation=True, max_length=max_tokens, return_attention_mask=False, return_token_type_ids=False
+    )
+    return encoded["input_ids"]
 
 
 def format_skipped(skipped: dict[str, int]) -> str:
