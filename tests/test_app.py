@@ -59,6 +59,7 @@ def _histories(generic_files) -> list[list[str]]:
     return [*ids, ["A heist film in a Swiss bank (2031). Crime, Thriller", ids[0][-1]]]
 
 
+@pytest.mark.latest
 def test_the_api_gives_the_lists_of_recommend_py(trained, served, generic_files, tmp_path):
     from gradio_client import Client
 
@@ -86,6 +87,7 @@ def test_the_api_gives_the_lists_of_recommend_py(trained, served, generic_files,
     assert [tuple(hit) for hit in client.predict(word, api_name="/search")] == recommender.search(word, limit=8)
 
 
+@pytest.mark.latest
 def test_the_page_in_a_browser_recommends_offline(served, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM} (Debian's chromium package; `make test` installs it where apt-get is, as root)")

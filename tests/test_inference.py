@@ -105,6 +105,7 @@ def test_output_formats_hold_the_same_rows(trained, tmp_path):
         _recommend("--model", str(folder), *data_flags, "--output", str(tmp_path / "r.xlsx"))
 
 
+@pytest.mark.latest
 def test_explanations_and_diversification_in_every_format_and_in_the_python_api(trained, generic_files, tmp_path):
     folder, data_flags = trained
     ratings = pd.read_csv(generic_files[1], dtype=str)
@@ -190,6 +191,7 @@ def test_a_users_file_is_streamed_in_batches(trained, generic_files, tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
 
 
+@pytest.mark.latest
 def test_a_faiss_index_gives_the_exact_lists_where_it_is_exhaustive(trained, tmp_path):
     folder, data_flags = trained
     flags = ["--model", str(folder), *data_flags, "--split", "test", "--top_k", "10", "--exclude_history",
