@@ -297,6 +297,9 @@ def model_card(results: dict, settings: dict, model_config: dict, repo_id: str |
         if terms
         else "The training data's own terms apply to this model too."
     )
+    steps, best_step = protocol.get("steps"), protocol.get("best_step")
+    chosen = (f"best of {steps} steps at step {best_step}" if best_step is not None
+              else f"the model after the last of {steps} steps (no validation rows)")  # fmt: skip
     body = f"""
 # recsys-bert on {data_name}
 
@@ -307,7 +310,7 @@ recsys-bert. {license_note}
 
 {_updates_section(model_config)}## Results ({split})
 
-Ties broken against the target; best of {protocol.get("steps")} steps at step {protocol.get("best_step")}. The
+Ties broken against the target; {chosen}. The
 baselines are scored the same way: popularity (interactions before the test split) and the untrained encoder
 (user = mean of the history's item vectors). The interval is a paired bootstrap over the same test users.
 

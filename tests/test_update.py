@@ -232,6 +232,7 @@ def test_a_time_split_without_a_validation_period_trains_and_keeps_the_last_mode
     metrics = _train(argv)
     assert metrics["valid"] == {} and metrics["history"] == [] and metrics["protocol"]["steps"] == 3
     assert metrics["test"]["history_kept"]["users"] == 60 and (tmp_path / "model.safetensors").is_file()
+    assert "the model after the last of 3 steps (no validation rows)" in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
