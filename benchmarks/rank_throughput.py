@@ -23,14 +23,15 @@ of `--index_sizes` items of width `--dim` (384 = MiniLM):
 - data `random`: random unit users and items; `movielens`: the zero-shot MiniLM vectors of ml-latest-small's 9,742
   movies ("title. genres"), tiled to the size, each copy with Gaussian noise of norm `--noise` (cosine about .9 to
   its movie) and renormalized; users = the 610 MovieLens users' mean history vectors (the zero-shot user);
-- per index (`index.ivf_factory`'s IVF for the size, HNSW32 up to `--hnsw_max_items`) and search setting: recall@100
-  against the exact top-100, users/s of `index_top_k` (batches of `--user_batch_size`, re-scoring included) and the
-  speed-up over `top_k`, build seconds, the index file's bytes, and the section's peak RSS;
+- per index (`--factories`, default `index.ivf_params`' IVF for the size and HNSW32 up to `--hnsw_max_items`) and
+  search setting (`--nprobe` x `--k_factor` if refined, `--ef_search`): recall@100 against the exact top-100,
+  users/s of `index_top_k` (batches of `--user_batch_size`, re-scoring included) and the speed-up over `top_k`,
+  build seconds, the index file's bytes, and the section's peak RSS; `--index_cache` keeps the built indexes;
 - above 8 GiB of float32 the items are held as float16 (what `top_k` scans and `index_top_k` re-scores from) and
   the index stores 8-bit scalars, so 10M x 384 stays under about 12 GB;
-- the crossover: users/s of both paths over `--crossover_sizes` items (the default IVF and nprobe).
+- the crossover: users/s of both paths over `--crossover_sizes` items (`index.ivf_params`' IVF and settings).
 
-    python benchmarks/rank_throughput.py --index --dim 384   # writes benchmarks/index_results.json
+    python benchmarks/rank_throughput.py --index --dim 384   # adds a run to benchmarks/index_results.json
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def parse() -> argparse.Namespace:
                         "settings.")  # fmt: skip
     parser.add_argument("--hnsw_max_items", type=int, default=1_000_000, help="--index: build HNSW only up to this "
                         "many items (its build is the slow one: about 5 min for 1M on 2 cores).")  # fmt: skip
+    parser.add_argument("--factories", nargs="+", default=None, help="--index: faiss factory strings to measure "
+                        "(default: `index.ivf_params`' IVF for the size and HNSW32); IVF ones sweep --nprobe, "
+                        "HNSW ones --ef_search, refined ones (RFlat) --k_factor as well.")  # fmt: skip
+    parser.add_argument("--k_factor", type=int, nargs="+", default=[2, 4, 8], help="--index: shortlist of a refined "
+                        "index (RFlat) = k_factor x 100, re-scored exactly.")  # fmt: skip
+    parser.add_argument("--index_cache", type=Path, default=None, help="--index: keep the built indexes in this "
+                        "folder (`index.load_or_build`, keyed by the data, size, noise and seed) for later sweeps; "
+                        "build_s is then the first build's.")  # fmt: skip
+    parser.add_argument("--ef_construction", type=int, default=None, help="--index: HNSW efConstruction (default: "
+                        "faiss's 40).")  # fmt: skip
     parser.add_argument("--crossover_sizes", type=int, nargs="*", default=[20_000, 50_000, 100_000, 200_000],
                         help="--index: sizes of the exact-vs-index crossover (movielens vectors).")  # fmt: skip
     parser.add_argument("--noise", type=float, default=0.5, help="--index: norm of each tiled copy's noise.")
@@ -298,10 +309,18 @@ def catalogue(data: str, size: int, dim: int, base: torch.Tensor | None, noise: 
     return items
 
 
+def search_settings(factory: str, args: argparse.Namespace) -> list[dict]:
+    """The search-time settings swept for `factory`: HNSW's ef_search, or IVF's nprobe (x k_factor if refined)."""
+    if factory.startswith("HNSW"):
+        return [{"ef_search": value} for value in args.ef_search]
+    k_factors = args.k_factor if "RFlat" in factory or "Refine" in factory else [None]
+    return [{"nprobe": n, **({"k_factor": f} if f else {})} for n in args.nprobe for f in k_factors]
+
+
 def index_main(args: argparse.Namespace) -> None:
     import faiss
 
-    from recsys_bert.index import NPROBE, build_index, index_top_k, ivf_factory, set_search_params
+    from recsys_bert.index import build_index, index_top_k, ivf_params, load_or_build, set_search_params
     from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
 
     load_start = os.getloadavg()[0]
@@ -363,26 +382,36 @@ def index_main(args: argparse.Namespace) -> None:
             print(
                 f"{size:>11,} {data} items ({section['storage']}): exact top_k {exact_speed:.1f} users/s", flush=True
             )
-            factories = [(ivf_factory(size, args.dim), "nprobe", args.nprobe)]
-            if size <= args.hnsw_max_items:
-                factories.append(("HNSW32", "ef_search", args.ef_search))
-            for factory, knob, settings in factories:
+            default = [ivf_params(size, args.dim)["factory"]] + ["HNSW32"] * (size <= args.hnsw_max_items)
+            factories = args.factories or default
+            for factory in factories:
+                params = {"factory": factory}
+                if "HNSW" in factory and args.ef_construction:
+                    params["ef_construction"] = args.ef_construction
                 before = memory.current()
                 start = time.perf_counter()
-                index = build_index(items, {"factory": factory})
-                built = {"factory": factory, "build_s": round(time.perf_counter() - start, 1),
+                key = f"{data}-{size}-{args.dim}-noise{args.noise}-seed{args.seed}"
+                index, from_disk = load_or_build(items, args.index_cache, key, params)
+                seconds = round(time.perf_counter() - start, 1)
+                if args.index_cache is not None:  # the build's time, kept from the first run
+                    timing = args.index_cache / f"{key}.{factory}.{params.get('ef_construction')}.build_s"
+                    if from_disk:
+                        seconds = json.loads(timing.read_text()) if timing.is_file() else None
+                    else:
+                        timing.write_text(json.dumps(seconds))
+                built = {**params, "build_s": seconds, "from_cache": from_disk,
                          "resident_growth_mib": round((memory.current() - before) / MIB, 1),
                          "file_mib": round(file_bytes(index) / MIB, 1), "settings": []}  # fmt: skip
                 print(f"  {factory}: built in {built['build_s']} s, file {built['file_mib']:,.0f} MiB", flush=True)
-                for value in settings:
-                    set_search_params(index, {knob: value})
+                for setting in search_settings(factory, args):
+                    set_search_params(index, setting)
                     approximate(index, users[: args.user_batch_size], items)  # warm-up
                     runs = [approximate(index, users, items) for _ in range(2)]
                     speed = statistics.median(r[1] for r in runs)
-                    row = {knob: value, "recall@100": recall(runs[0][0], expected), "users_per_s": round(speed, 1),
+                    row = {**setting, "recall@100": recall(runs[0][0], expected), "users_per_s": round(speed, 1),
                            "speedup": round(speed / exact_speed, 1)}  # fmt: skip
                     built["settings"].append(row)
-                    print(f"    {knob} {value:>4}: recall@100 {row['recall@100']:.4f}, {speed:8.1f} users/s, "
+                    print(f"    {setting}: recall@100 {row['recall@100']:.4f}, {speed:8.1f} users/s, "
                           f"{row['speedup']:5.1f}x exact", flush=True)  # fmt: skip
                 section["indexes"].append(built)
                 del index
@@ -395,7 +424,7 @@ def index_main(args: argparse.Namespace) -> None:
     for size in args.crossover_sizes:
         items = catalogue("movielens", size, args.dim, base, args.noise, args.seed + size)
         users = users_of("movielens")
-        params = {"factory": ivf_factory(size, args.dim), "nprobe": NPROBE}  # the default's IVF, Flat or not
+        params = ivf_params(size, args.dim)  # the default IVF and search setting for the size, even below EXACT_BELOW
         index = build_index(items, params)
         exact(users[: args.user_batch_size], items)
         approximate(index, users[: args.user_batch_size], items)
@@ -421,7 +450,8 @@ def index_main(args: argparse.Namespace) -> None:
                    "date": time.strftime("%Y-%m-%d"),
                    "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}},
     }  # fmt: skip
-    args.index_output.write_text(json.dumps(result, indent=1) + "\n")
+    runs = json.loads(args.index_output.read_text())["runs"] if args.index_output.is_file() else []
+    args.index_output.write_text(json.dumps({"runs": [*runs, result]}, indent=1) + "\n")  # earlier runs kept
     print(json.dumps(result))
 
 

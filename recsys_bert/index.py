@@ -4,8 +4,10 @@ each user, with their dot products, and the user's history is added to them; all
 only in items the index did not propose (and, for 8-bit storage, by the index's rounding of the dot products).
 
 An index is described by a few parameters (`index_params`): `factory`, a faiss index factory string such as
-`"Flat"`, `"HNSW32"` or `"IVF4096,Flat"`, fixed when the index is built, and the search-time `ef_search` (HNSW) and
-`nprobe` (IVF), set on an index at any time. Built indexes are cached beside the catalogue's vector cache in faiss's
+`"Flat"`, `"HNSW32"`, `"IVF4096,Flat"` or `"IVF4096,PQ96x4fs,RFlat"` (4-bit fast-scan codes whose shortlist is
+re-scored exactly), and HNSW's `ef_construction`, fixed when the index is built; the search-time `ef_search` (HNSW),
+`nprobe` (IVF) and `k_factor` (refined: the shortlist is `k_factor` x the items asked), set on an index at any time
+and never part of its file's key. Built indexes are cached beside the catalogue's vector cache in faiss's
 own file format, keyed by the vectors' cache key and the build-time parameters.
 """
 
@@ -26,13 +28,18 @@ from recsys_bert.utils import atomic_path, one_line
 
 logger = logging.getLogger(__name__)
 
-SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # our key -> faiss.ParameterSpace's name
-# benchmarks/index_results.json (1M MiniLM movie vectors tiled with noise, 2 loaded cores): HNSW32 at ef_search 512
-# recall@100 .90 at 15x the exact scan's users/s, IVF4096 .87 at 7x (nprobe 64); below about 100k items an IVF of
-# recall ~.95 is under 1.5x the exact scan
+# our key -> faiss.ParameterSpace's name; k_factor: a refined index (`...,RFlat`) re-scores k_factor x k of its
+# base index's results exactly
+SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe", "k_factor": "k_factor_rf"}
+# benchmarks/index_results.json (1M MiniLM movie vectors tiled with noise of norm .5, 2 loaded cores):
+# IVF4096,PQ192x4fs,RFlat at nprobe 256, k_factor 12 recall@100 .965 at 22x the exact scan's users/s (HNSW32 at
+# ef_search 512: .90 at 15x; IVF4096,Flat: .95 at 3x); below about 100k items an IVF of recall ~.95 is under 1.5x
+# the exact scan
 EXACT_BELOW = 100_000
-EF_SEARCH = 512
-NPROBE = 64
+NPROBE_REFINED = 256  # lists searched of MAX_NLIST, the same share of fewer lists
+K_FACTOR = 12
+EF_SEARCH = 512  # HNSW32 where the width can't be split in 2-dim sub-vectors
+NPROBE = 64  # the 8-bit IVF past 8 GiB (not measured yet)
 MAX_NLIST = 4096
 ADD_BLOCK = 1 << 18  # vectors converted to float32 and added at once: a float16 catalogue is never copied whole
 
@@ -40,39 +47,43 @@ ADD_BLOCK = 1 << 18  # vectors converted to float32 and added at once: a float16
 def index_params(num_items: int, dim: int) -> dict:
     """Default index parameters for a catalogue of `num_items` vectors of width `dim`, after faiss's guidelines
     (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index) and benchmarks/rank_throughput.py
-    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is about as fast; HNSW
-    (inner product, 32 links per vector, faiss's efConstruction 40) while the float32 vectors fit in 8 GiB (HNSW
-    keeps a copy); past that, the IVF of `ivf_factory`, with 8-bit storage.
+    --index: an exact `Flat` index below `EXACT_BELOW` items, where scanning everything is about as fast; past
+    that, `ivf_params`.
 
     Returns:
-        `{"factory": faiss index factory string}`, with `"ef_search"` for HNSW or `"nprobe"` for IVF.
+        `{"factory": faiss index factory string}`, with the search-time `"nprobe"` (and `"k_factor"`) for IVF or
+        `"ef_search"` for HNSW.
     """
     if num_items < EXACT_BELOW:
         return {"factory": "Flat"}
-    if num_items * dim * 4 <= 8 * 2**30:
-        return {"factory": "HNSW32", "ef_search": EF_SEARCH}
-    return {"factory": ivf_factory(num_items, dim), "nprobe": NPROBE}
+    return ivf_params(num_items, dim)
 
 
-def ivf_factory(num_items: int, dim: int) -> str:
-    """`IVF{nlist},Flat` with nlist the power of 2 nearest 4 sqrt(items), at most `MAX_NLIST` (k-means training
-    grows with nlist^2: 4096 lists over 1M vectors took 140 s on 2 cores); past 8 GiB of float32 vectors, an HNSW
-    coarse quantizer (assigning 10M vectors to lists by a full scan of the centroids is slow too) and 8-bit scalar
-    storage (a quarter of the memory; dot products within about 1e-3)."""
+def ivf_params(num_items: int, dim: int) -> dict:
+    """An IVF of nlist the power of 2 nearest 4 sqrt(items), at most `MAX_NLIST` (k-means training grows with
+    nlist^2: 4096 lists over 1M vectors took 140-190 s on 2 loaded cores). While the float32 vectors fit in 8 GiB:
+    4-bit fast-scan PQ codes of 2 dims each (`PQ{dim/2}x4fs`, SIMD look-ups: ~8x the speed of an `IVF,Flat` scan
+    of as many lists) whose best `k_factor` x k are re-scored from a float32 copy (`RFlat`: exact dot products),
+    `NPROBE_REFINED` lists of 4096; an odd width can't be split so, and gets HNSW32 (efConstruction 40) instead.
+    Past 8 GiB: an HNSW coarse quantizer (assigning 10M vectors to lists by a full scan of the centroids is slow
+    too) and 8-bit scalar storage (a quarter of the memory; dot products within about 1e-3), `NPROBE` lists."""
     nlist = min(MAX_NLIST, 2 ** round(math.log2(4 * math.sqrt(num_items))))
     if num_items * dim * 4 > 8 * 2**30:
-        return f"IVF{nlist}_HNSW32,SQ8"
-    return f"IVF{nlist},Flat"
+        return {"factory": f"IVF{nlist}_HNSW32,SQ8", "nprobe": NPROBE}
+    if dim % 2:
+        return {"factory": "HNSW32", "ef_search": EF_SEARCH}
+    nprobe = max(1, NPROBE_REFINED * nlist // MAX_NLIST)
+    return {"factory": f"IVF{nlist},PQ{dim // 2}x4fs,RFlat", "nprobe": nprobe, "k_factor": K_FACTOR}
 
 
 def set_search_params(index: faiss.Index, params: dict) -> None:
-    """Sets the search-time parameters of `params` (`ef_search`, `nprobe`) that apply to `index`."""
+    """Sets the search-time parameters of `params` (`ef_search`, `nprobe`, `k_factor`) that apply to `index`."""
     space = faiss.ParameterSpace()
     for key, name in SEARCH_PARAMS.items():
         if params.get(key) is not None:
             try:
                 space.set_index_parameter(index, name, params[key])
-            except RuntimeError:  # not a parameter of this kind of index (nprobe of an HNSW)
+            except RuntimeError:  # not a parameter of this kind of index (nprobe of an HNSW, an unrefined k_factor)
                 pass
 
 
@@ -81,11 +92,17 @@ def build_index(vectors: torch.Tensor, params: dict) -> faiss.Index:
     `ADD_BLOCK` rows), with faiss using torch's number of threads.
 
     Args:
-        params: `factory` (faiss index factory string) and the search-time parameters (`ef_search`, `nprobe`).
+        params: `factory` (faiss index factory string), HNSW's `ef_construction` and the search-time parameters
+            (`ef_search`, `nprobe`, `k_factor`).
     """
     faiss.omp_set_num_threads(torch.get_num_threads())
     num_items, dim = vectors.shape
     index = faiss.index_factory(dim, params["factory"], faiss.METRIC_INNER_PRODUCT)
+    if params.get("ef_construction") is not None:  # HNSW's build-time breadth (faiss's default 40)
+        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+        if hnsw is None:
+            raise ValueError(f"ef_construction is a parameter of an HNSW index, not of {params['factory']!r}")
+        hnsw.efConstruction = params["ef_construction"]
     if not index.is_trained:  # IVF centroids, scalar quantizer ranges: trained on a fixed random sample
         ivf = faiss.try_extract_index_ivf(index)
         size = min(num_items, max(100_000, 50 * ivf.nlist if ivf is not None else 0))
@@ -167,7 +184,8 @@ def index_top_k(
     are added to them, scored from `items` (the repeat bias, which the index can't see, may lift them into the top
     `k`), and every candidate gets the model's formula, (dot(user, item) + `repeat_bias` if the item is in
     `history_ids`) / `score_temperature`, with the index's own dot products: exact where the index stores the
-    vectors as they are (`Flat`, `IVF...,Flat`, `HNSW32`), so where such an index proposes every item that
+    vectors as they are (`Flat`, `IVF...,Flat`, `HNSW32`) or re-scores its shortlist from them (`...,RFlat`: faiss's
+    float32 inner products of the stored vectors, as `Flat`'s), so where such an index proposes every item that
     `retrieval.top_k` returns (an exhaustive one, or any at full recall) the lists are the same; approximate (about
     1e-3 of a cosine) where it stores 8-bit scalars (`SQ8`). Re-scoring every candidate from `items` instead
     would cost more than the search itself (a gather of `(users, candidates, dim)`).
@@ -183,7 +201,7 @@ def index_top_k(
         candidates: items asked from the index per user; default `k` + the longest `exclude` and `history_ids`
             rows, enough for an exact index (`Flat`) to give exactly `retrieval.top_k`'s lists whatever the sign
             of the repeat bias (a history pushed down can't leave the list short). HNSW searches with
-            max(`ef_search`, `candidates`).
+            max(`ef_search`, `candidates`); a refined index re-scores `k_factor` x `candidates` of its codes' best.
         ties_against (`(users,)`): an item per user (-1 = none) placed after every candidate with the same score,
             as `retrieval.top_k` places it.
 

@@ -11,12 +11,13 @@ import torch
 
 from recsys_bert.index import (
     EF_SEARCH,
+    K_FACTOR,
     NPROBE,
+    NPROBE_REFINED,
     build_index,
     index_params,
     index_path,
     index_top_k,
-    ivf_factory,
     load_or_build,
 )
 from recsys_bert.metrics import ranking_metrics, target_ranks
@@ -41,7 +42,14 @@ def clustered(num_items: int, num_users: int, dim: int, generator: torch.Generat
     return torch.nn.functional.normalize(items, dim=-1), torch.nn.functional.normalize(users, dim=-1)
 
 
-@pytest.mark.parametrize("params", [{"factory": "Flat"}, {"factory": "IVF4,Flat", "nprobe": 4}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"factory": "Flat"},
+        {"factory": "IVF4,Flat", "nprobe": 4},
+        {"factory": "IVF4,PQ8x4fs,RFlat", "nprobe": 4, "k_factor": 8},  # 4-bit codes, the shortlist re-scored exactly
+    ],
+)
 @pytest.mark.parametrize("bias", [-0.3, 0.5])
 def test_exhaustive_index_gives_the_exact_ranking(model, params, bias):
     generator = torch.Generator().manual_seed(0)
@@ -139,6 +147,35 @@ def test_index_file_cache_round_trips_and_ignores_search_params(tmp_path):
     assert index_path(tmp_path, "other-key", params) != name
 
 
+def test_refined_index_returns_exact_dot_products_and_takes_k_factor_at_search_time(tmp_path):
+    generator = torch.Generator().manual_seed(6)
+    items, users = clustered(2000, 30, 32, generator)
+    params = {"factory": "IVF16,PQ8x4fs,RFlat", "nprobe": 4, "k_factor": 2}
+    index, _ = load_or_build(items, tmp_path, "key", params)
+    dots, found = index.search(users.numpy(), 20)
+    exact = (items[torch.from_numpy(found)] @ users[:, :, None]).squeeze(2)  # (users, 20)
+    torch.testing.assert_close(torch.from_numpy(dots), exact)  # what index_top_k scores with
+    again, from_disk = load_or_build(items, tmp_path, "key", {**params, "k_factor": 8, "nprobe": 16})
+    assert from_disk and faiss.downcast_index(again).k_factor == 8 and faiss.extract_index_ivf(again).nprobe == 16
+    recall = {}
+    for name, candidate in (("k_factor 2", index), ("k_factor 8", again)):
+        _, found = candidate.search(users.numpy(), 20)
+        expected = (users @ items.T).topk(20, dim=1).indices
+        recall[name] = (torch.from_numpy(found)[:, :, None] == expected[:, None, :]).any(2).float().mean().item()
+    assert recall["k_factor 8"] > recall["k_factor 2"] and recall["k_factor 8"] > 0.95
+
+
+def test_hnsw_ef_construction_is_a_build_time_param(tmp_path):
+    generator = torch.Generator().manual_seed(7)
+    items, _ = clustered(300, 1, 16, generator)
+    params = {"factory": "HNSW8", "ef_search": 16, "ef_construction": 64}
+    index, _ = load_or_build(items, tmp_path, "key", params)
+    assert faiss.downcast_index(index).hnsw.efConstruction == 64
+    assert index_path(tmp_path, "key", params) != index_path(tmp_path, "key", {**params, "ef_construction": 40})
+    with pytest.raises(ValueError, match="ef_construction"):
+        build_index(items, {"factory": "IVF4,Flat", "ef_construction": 64})
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other vectors"])
 def test_damaged_index_file_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
     generator = torch.Generator().manual_seed(5)
@@ -160,8 +197,11 @@ def test_damaged_index_file_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
 
 def test_index_params_follow_the_catalogue_size():
     assert index_params(5_000, 384) == {"factory": "Flat"}
-    assert index_params(1_000_000, 384) == {"factory": "HNSW32", "ef_search": EF_SEARCH}
+    refined = {"factory": "IVF4096,PQ192x4fs,RFlat", "nprobe": NPROBE_REFINED, "k_factor": K_FACTOR}
+    assert index_params(1_000_000, 384) == refined  # 4 sqrt(N) lists
+    assert index_params(100_000, 384) == {**refined, "factory": "IVF1024,PQ192x4fs,RFlat", "nprobe": 64}  # a share
+    assert index_params(1_000_000, 385) == {"factory": "HNSW32", "ef_search": EF_SEARCH}  # no 2-dim sub-vectors
     assert index_params(10_000_000, 384) == {"factory": "IVF4096_HNSW32,SQ8", "nprobe": NPROBE}  # float32: 15 GB
-    assert ivf_factory(1_000_000, 384) == "IVF4096,Flat"  # 4 sqrt(N) lists
     vectors = torch.nn.functional.normalize(torch.randn(300, 16), dim=-1)
-    assert build_index(vectors, {**index_params(5_000, 16), "nprobe": 4, "ef_search": 8}).ntotal == 300  # ignored
+    params = {**index_params(5_000, 16), "nprobe": 4, "ef_search": 8, "k_factor": 4}
+    assert build_index(vectors, params).ntotal == 300  # search params of other kinds of index are ignored
