@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe", "k_factor": "k_factor_rf"}
 # benchmarks/index_results.json (1M MiniLM movie vectors tiled with noise of norm .5, 2 loaded cores):
 # IVF4096,PQ192x4fs,RFlat at nprobe 256, k_factor 12 recall@100 .965 at 22x the exact scan's users/s (HNSW32 at
-# ef_search 512: .90 at 15x; IVF4096,Flat: .95 at 3x); below about 100k items an IVF of recall ~.95 is under 1.5x
-# the exact scan
+# ef_search 512: .90 at 15x; IVF4096,Flat: .95 at 3x); at noise .3 the same recall at 14x (that run's exact scan
+# was faster: load), on random vectors recall .22. Below about 100k items an IVF of recall ~.95 is under 1.5x the
+# exact scan
 EXACT_BELOW = 100_000
 NPROBE_REFINED = 256  # lists searched of MAX_NLIST, the same share of fewer lists
 K_FACTOR = 12
