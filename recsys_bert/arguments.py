@@ -298,12 +298,19 @@ class RecommendArguments:
     index_factory: str | None = field(
         default=None,
         metadata={
-            "help": "faiss index factory string, e.g. 'HNSW32' or 'IVF1024,Flat'; default by catalogue size "
-            "(recsys_bert.index.index_params)."
+            "help": "faiss index factory string, e.g. 'IVF4096,PQ192x4fs,RFlat' (the default from 100,000 items), "
+            "'HNSW32' or 'IVF1024,Flat'; default by catalogue size (recsys_bert.index.index_params)."
         },
     )
-    nprobe: int | None = field(default=None, metadata={"help": "IVF lists searched per user (default 32)."})
-    ef_search: int | None = field(default=None, metadata={"help": "HNSW search depth (default: faiss's)."})
+    nprobe: int | None = field(
+        default=None, metadata={"help": "IVF lists searched per user (default: 1/16 of the lists, 256 of 4,096)."}
+    )
+    k_factor: int | None = field(
+        default=None,
+        metadata={"help": "With a refined index (',RFlat'): candidates re-scored exactly, as a multiple of those "
+                  "asked for (default 12)."},
+    )  # fmt: skip
+    ef_search: int | None = field(default=None, metadata={"help": "HNSW search depth (default 512)."})
     diversify: str | None = field(
         default=None,
         metadata={

@@ -413,9 +413,10 @@ def _ann_index(args: RecommendArguments, vectors: torch.Tensor, cache_dir: Path 
     if args.index == "auto" and len(vectors) < ann.EXACT_BELOW:
         return None, "exact"
     params = ann.index_params(len(vectors), vectors.shape[1])
-    if args.index_factory:  # another kind of index: its own search setting, or faiss's default
+    if args.index_factory:  # another kind of index: the search settings given, else faiss's own defaults
         params = {"factory": args.index_factory}
-    params |= {key: value for key, value in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if value}
+    given = {"nprobe": args.nprobe, "k_factor": args.k_factor, "ef_search": args.ef_search}
+    params |= {key: value for key, value in given.items() if value}
     with accelerator.main_process_first():
         index, from_disk = ann.load_or_build(vectors.cpu(), cache_dir, key, params)
     if accelerator.is_main_process:
