@@ -143,9 +143,7 @@ class RecsysBertModel(PreTrainedModel):
         # how much more (or less) likely a user is to pick an item again than its vector alone says, in cosine
         # units, learned from the training targets: repeat purchases are rare in most shops, repeat listens common
         self.repeat_bias = nn.Parameter(torch.zeros(1))
-        # only the top finetune_layers layers train (every parameter of the encoder with -1)
-        self.encoder.requires_grad_(config.finetune_layers < 0)
-        self.trained_layers().requires_grad_(True)
+        self.set_trainable()
         self.post_init()
         # what FSDP's auto wrap (configs/accelerate/fsdp.yaml) makes its own unit, whatever the encoder: each layer
         self._no_split_modules = [type(encoders.layers(self.encoder)[0]).__name__]
@@ -160,6 +158,13 @@ class RecsysBertModel(PreTrainedModel):
             config.pooling = encoders.sentence_transformers_pooling(path) or "mean"
         config.encoder = encoder.config.to_dict()
         return cls(config, encoder=encoder)
+
+    def set_trainable(self) -> None:
+        """Only the top `finetune_layers` encoder layers train (every parameter of the encoder with -1), and the new
+        layers; `from_pretrained` makes every parameter trainable again, so a loaded model calls this to train."""
+        self.requires_grad_(True)
+        self.encoder.requires_grad_(self.config.finetune_layers < 0)
+        self.trained_layers().requires_grad_(True)
 
     def _init_weights(self, module):
         # only the new layers: the encoder keeps its pretrained weights

@@ -163,6 +163,7 @@ class Trainer:
             self.config = config = initial.config
             record = update_record(args.init_from, initial, data, data_args)
             config.updated_from = [*(config.updated_from or []), record]
+            initial.set_trainable()  # from_pretrained leaves every parameter trainable
             model = initial.to(accelerator.device)
         if len(data.valid) == 0 and accelerator.is_main_process:
             logger.info("No validation rows (valid_since = test_since): the model after the last step is kept")

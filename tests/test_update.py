@@ -106,6 +106,17 @@ def test_an_update_starts_from_the_old_weights_with_a_fresh_optimizer_and_the_ne
         torch.testing.assert_close(model.score(users[0], vectors, history), old.score(users[1], expected, history))
 
 
+def test_an_update_of_a_frozen_encoder_model_trains_what_the_model_trained(shift, tiny, tmp_path):
+    first = _train(_args(shift["old_items"], shift["old_log"], tmp_path / "m1", "--encoder_name_or_path", tiny,
+                         "--finetune_layers", "1", "--max_steps", "1"))  # fmt: skip
+    reset_accelerate_state()
+    trainer = Trainer(*parse_args(_update_args(shift, tmp_path / "m1", tmp_path / "update", "--max_steps", "1")))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    frozen = [name for name, param in model.named_parameters() if not param.requires_grad]
+    assert frozen and all(name.startswith("encoder.") and ".layer.1." not in name for name in frozen)
+    assert trainer.summary["trainable_parameters"] == first["run"]["trainable_parameters"]
+
+
 def test_an_update_beats_the_stale_model_on_the_new_period_and_records_what_it_came_from(shift, stale, tmp_path):
     # the stale model on the new period's valid and test rows: an update that does not move (learning rate 0)
     frozen = ("--learning_rate", "0", "--encoder_learning_rate", "0", "--max_steps", "1")
