@@ -6,8 +6,8 @@ whole catalogue (9,742 movies) for each, top 20, in a subprocess. Peak memory is
 (`resource.getrusage(RUSAGE_CHILDREN)` of a fresh `python` that runs nothing else); users/s is recommend.py's own
 figure (ranking and writing, after the catalogue is encoded). A streaming job's peak is flat in the number of users.
 
-The model is the untrained default (all-MiniLM-L6-v2 with the attention user tower): ranking costs what a trained
-model's does, and no training run is needed first.
+The model is `make demo`'s architecture (all-MiniLM-L6-v2, a 128-wide head, the attention user tower over 30 items),
+untrained: ranking costs what the trained model's does, and no training run is needed first.
 
     python benchmarks/batch_job.py                         # 10k, 100k and 1M users
     python benchmarks/batch_job.py --users 1000 10000      # quicker
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,8 @@ def make_model(folder: Path) -> None:
     from recsys_bert.encoders import default_encoder_path
     from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, save_model
 
-    model = RecsysBertModel.from_encoder(RecsysBertConfig(max_item_tokens=32))
+    # the architecture of configs/movielens.yaml (the demo's model), untrained
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(projection_dim=128, max_history=30, max_item_tokens=32))
     save_model(model, AutoTokenizer.from_pretrained(default_encoder_path()), folder)
     (folder / "config.yaml").write_text("")
 
@@ -84,7 +84,8 @@ def main() -> None:
             write_users(users, count, movie_ids)
             output = scratch / "recs.parquet"
             command = [
-                sys.executable, "-c", CHILD, sys.executable, str(ROOT / "recommend.py"), "--model", str(scratch / "model"),
+                sys.executable, "-c", CHILD, sys.executable, str(ROOT / "recommend.py"),
+                "--model", str(scratch / "model"),
                 "--items", str(MOVIELENS / "movies.csv"), "--item_id_column", "movieId",
                 "--text_template", "{title}. {genres}", "--users", str(users), "--top_k", "20",
                 "--batch_size", str(args.batch_size), "--output", str(output),
