@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import ctypes
 import hashlib
 import hmac
 import io
@@ -331,7 +332,7 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
     ranked, new_texts = 0, 0
     progress = tqdm(total=num_users, desc="Ranking", disable=not accelerator.is_local_main_process, unit="user")
     try:
-        for batch_rows in batches:
+        for number, batch_rows in enumerate(batches, 1):
             # cold start: items unseen at training, embedded from their text; history only, never ranked
             batch_rows, texts = resolve_texts(batch_rows, num_items)
             batch_vectors, history_catalogue = with_texts(
@@ -360,6 +361,8 @@ def recommend(data_args: DataArguments, args: RecommendArguments) -> dict:
                 table = _ranking_table(logits, found, log_normalizer, user_ids, names, batch_rows, split_rows, because)
             writer.write(table)
             ranked, new_texts = ranked + len(batch_rows), new_texts + len(texts)
+            if number % 64 == 0:
+                release_free_memory()
             progress.update(world * len(batch_rows))
         totals = [(ranked, new_texts, user_skipped)]
         totals = gather_object(totals) if world > 1 else totals
@@ -422,6 +425,15 @@ def _ann_index(args: RecommendArguments, vectors: torch.Tensor, cache_dir: Path 
     if accelerator.is_main_process:
         logger.info("Index %s (%s): %s", params, "from the cache" if from_disk else "built", len(vectors))
     return index, params["factory"]
+
+
+def release_free_memory() -> None:
+    """Hands the C heap's free memory back to the system (glibc's `malloc_trim`; elsewhere nothing). A batch job's
+    per-batch tensors and Arrow tables of varying sizes otherwise leave the heap growing with the number of users."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _batches(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
