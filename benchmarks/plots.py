@@ -60,6 +60,52 @@ def quality(scientific: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def quality_by_data(name: str, report: dict, path: Path) -> None:
+    """`benchmarks/quality.py`'s report of one data set: test NDCG@10 (filled: history kept, hollow: excluded)
+    against training minutes, recsys-bert's variants (mean ± std over seeds, with the validation curve of each seed)
+    beside SASRec, and the untrained baselines and published figures as lines."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = iter(["tab:blue", "tab:purple", "tab:cyan", "tab:olive"])
+    top = 0.0
+    for variant, result in report["variants"].items():
+        color = next(colors)
+        minutes, kept = result["train_minutes"]["mean"], result["history_kept"]["ndcg@10"]
+        ax.errorbar(minutes, kept["mean"], yerr=kept["std"], fmt="o", capsize=4, color=color)
+        ax.plot(minutes, result["history_excluded"]["ndcg@10"]["mean"], "o", mfc="none", color=color)
+        for curve in result["curves"]:
+            if curve:
+                ax.plot(*zip(*curve), "-", lw=0.6, alpha=0.5, color=color)
+        ax.annotate(f"recsys-bert {variant} ({result['runs']} seeds; lines: valid)", (minutes, kept["mean"]),
+                    textcoords="offset points", xytext=(6, -12), fontsize=8)  # fmt: skip
+        top = max(top, kept["mean"], result["history_excluded"]["ndcg@10"]["mean"])
+    sasrec = report["peers"].get("sasrec")
+    if sasrec:
+        minutes = sasrec["train_minutes"]["mean"]
+        ax.plot([minutes], [sasrec["history_kept"]["ndcg@10"]["mean"]], "s", color="tab:red")
+        ax.plot([minutes], [sasrec["history_excluded"]["ndcg@10"]["mean"]], "s", mfc="none", color="tab:red")
+        fired = sum(sasrec["early_stopped"])
+        ax.annotate(f"SASRec (RecBole), {sasrec['runs']} seeds, early stop fired in {fired}",
+                    (minutes, sasrec["history_kept"]["ndcg@10"]["mean"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)  # fmt: skip
+        top = max(top, sasrec["history_excluded"]["ndcg@10"]["mean"])
+    for peer, color in (("zero_shot", "tab:green"), ("popularity", "tab:gray")):
+        if peer in report["peers"]:
+            value = report["peers"][peer]["history_excluded"]["ndcg@10"]
+            ax.axhline(value, ls="--", color=color, label=f"{peer.replace('_', '-')}, history excluded (no training)")
+    for label, row in report["published"].items():
+        ax.axhline(row["ndcg@10"], ls=":", color="black", lw=0.8, label=f"{label}, published, history kept")
+        top = max(top, row["ndcg@10"])
+    ax.set_xlabel("training wall time (minutes), 2 CPU cores")
+    ax.set_ylabel("test NDCG@10, full ranking\n(filled: history kept; hollow: excluded)", fontsize=9)
+    ax.set_title(f"{name}: {report['users']:,} test users, {report['items']:,} items")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, top * 1.25 if top else 0.1)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def gpu_throughput(figures: dict, path: Path) -> None:
     readme, same_run = figures["readme_ceiling_64_tokens"], figures["ceiling_same_run_64_tokens"]
     loop, bench = figures["project_step_train_loop"], figures["project_step_benchmark"]
@@ -89,6 +135,8 @@ def gpu_throughput(figures: dict, path: Path) -> None:
 def main() -> None:
     results = json.loads((HERE / "results.json").read_text())
     quality(results["scientific"], HERE / "quality.png")
+    for name, report in results.get("quality", {}).items():
+        quality_by_data(name, report, HERE / f"quality_{name}.png")
     if "gpu_throughput" in results:
         gpu_throughput(results["gpu_throughput"], HERE / "gpu_throughput.png")
 

@@ -1,15 +1,21 @@
-"""Quality on Amazon Scientific: recsys-bert variants beside the peers measured on the same split.
+"""Quality on several data sets: recsys-bert variants beside the peers measured on the same splits.
 
-Each variant x seed is one `train.py --config configs/scientific.yaml` run (plus the variant's flags) in
-`--runs_dir/<variant>-s<seed>`; a run whose `metrics.json` exists is read, not trained again. For each run: test
-NDCG@10, Recall@10 and MRR with the history kept in the ranking (the peers' protocol) and with the history excluded
-(both from `metrics.json`), validation NDCG@10 of the best step, and the training wall time. Reported as mean ± std
-over the seeds, beside the peers of `../shared/data/README.md`; the best variant is the one with the best mean
-validation NDCG@10 (test is only reported). Written to `benchmarks/results.json` and drawn in
-`benchmarks/quality.png` (NDCG@10 against training minutes).
+Each data set x variant x seed is one `train.py --config configs/<data>.yaml` run (plus the variant's flags) in
+`--runs_dir/<data>/<variant>-s<seed>`; a run whose `metrics.json` exists is read, not trained again. Peers on the
+same split, full ranking over the whole catalogue, both protocols (history kept / excluded), ties against the target:
+- popularity and the zero-shot recency-weighted mean of the untrained encoder's history vectors (decay chosen on
+  valid), by our own code: the baselines every `train.py` run evaluates (`metrics.json`, `test_ranks.json`);
+- RecBole's SASRec, from `benchmarks/sasrec.py`'s runs (`runs/peers/sasrec-<data>-s<seed>`), where they exist;
+- published figures, as context rows only (never compared).
 
-    python benchmarks/quality.py --variants frozen --seeds 42 1 2
-    python benchmarks/quality.py --quick        # a short run of the whole pipeline (CI-sized), nothing written
+The best variant is the one with the best mean validation NDCG@10 (test is only reported). Against each peer: the
+paired bootstrap 95% interval (over the test users, each system's per-user metric averaged over its seeds) of the
+difference and of the ratio of NDCG@10. Written to `benchmarks/results.json` (`quality.<data>`) and drawn in
+`benchmarks/quality_<data>.png` (test NDCG@10 against training minutes).
+
+    python benchmarks/sasrec.py --data scientific beauty --seeds 42 1 2      # the peer first
+    python benchmarks/quality.py --data scientific beauty --variants frozen --seeds 42 1 2
+    python benchmarks/quality.py --quick        # a short run of the whole pipeline on MovieLens, nothing written
 
 The last line of stdout is one JSON object.
 """
@@ -27,140 +33,214 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import plots  # noqa: E402
 
+from recsys_bert.metrics import paired_bootstrap, paired_bootstrap_ratio, per_user  # noqa: E402
+
 VARIANTS = {
-    "frozen": [],  # configs/scientific.yaml: frozen MiniLM (cached item vectors), MLP head, attention user tower
+    "frozen": [],  # the config as it is: frozen MiniLM (cached item vectors), MLP head, attention user tower
     "top1": ["--finetune_layers", "1"],  # the top encoder layer trains, the lower five are cached
     "all": ["--finetune_layers", "-1"],  # every encoder layer trains
     "text": ["--user_tower", "text", "--finetune_layers", "1"],  # the history's texts through the encoder
+    "dropout5": ["--dropout", "0.5"],  # dropout 0.5 in the user tower (SASRec's and RecFormer's), not 0.1
+    # all-mpnet-base-v2 frozen (110M, hidden 768): `python benchmarks/fetch_mpnet.py` first
+    "mpnet": ["--encoder_name_or_path", ".cache/all-mpnet-base-v2"],
 }
-# measured on this very split (../shared/data/README.md); test, full ranking, history kept (and excluded)
-PEERS = {
-    "popularity": {
-        "ndcg@10": 0.0171, "recall@10": 0.0309, "mrr": 0.0174,
-        "history_excluded": {"ndcg@10": 0.0180, "recall@10": 0.0316},
-    },
-    "zero-shot MiniLM, recency-weighted mean": {
-        "ndcg@10": 0.0518, "recall@10": 0.1013, "mrr": 0.0418,
-        "history_excluded": {"ndcg@10": 0.0746, "recall@10": 0.1121},
-    },
-    "SASRec (RecBole, 25 min, 2 CPU cores)": {
-        "ndcg@10": 0.0561, "recall@10": 0.0980, "mrr": 0.0497, "minutes": 25,
-        "history_excluded": {"ndcg@10": 0.0740, "recall@10": 0.1053},
+DATASETS = {
+    "scientific": "configs/scientific.yaml",
+    "beauty": "configs/beauty.yaml",
+    "toys": "configs/toys.yaml",
+    "movielens": "configs/movielens.yaml",
+}
+# published on this very split (../shared/data/README.md), RecBole's evaluation, history kept: context, not measured
+PUBLISHED = {
+    "scientific": {
+        "VQ-Rec (WWW 2023)": {"ndcg@10": 0.0643, "recall@10": 0.1211, "ndcg@50": 0.0897, "recall@50": 0.2369},
+        "MISSRec, item IDs + pre-training (ACM MM 2023)": {"ndcg@10": 0.0753, "recall@10": 0.1360,
+                                                           "ndcg@50": 0.0983, "recall@50": 0.2431},
     },
 }  # fmt: skip
-METRICS = ("ndcg@10", "recall@10", "mrr")
-QUICK_FLAGS = ["--max_steps", "20", "--eval_steps", "20", "--max_eval_users", "300", "--run_baselines", "false",
-               "--max_item_tokens", "32"]  # fmt: skip
+METRICS = ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr")
+PROTOCOLS = ("history_kept", "history_excluded")
+COMPARED = "ndcg@10"
+QUICK_FLAGS = ["--max_steps", "20", "--eval_steps", "20", "--max_eval_users", "300", "--max_item_tokens", "32"]
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    parser.add_argument("--data", nargs="+", default=["scientific"], choices=list(DATASETS), help="Data sets.")
     parser.add_argument("--variants", nargs="+", default=["frozen"], choices=list(VARIANTS), help="Variants to run.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="Training seeds per variant.")
-    parser.add_argument("--config", default="configs/scientific.yaml", help="The training config of every run.")
     parser.add_argument("--runs_dir", default="runs/quality", help="Where the runs are (and are written).")
+    parser.add_argument("--peers_dir", default="runs/peers", help="Where benchmarks/sasrec.py wrote its runs.")
     parser.add_argument("--machine", default="2-core CPU", help="The machine named in results.json.")
-    parser.add_argument("--device_kind", default="cpu", choices=["cpu", "gpu"], help="results.json's section.")
-    parser.add_argument("--quick", action="store_true", help="20 steps, 300 users, one seed, in a temporary folder.")
+    parser.add_argument("--quick", action="store_true", help="MovieLens, 20 steps, 300 users, one seed, temporary.")
     return parser.parse_args()
 
 
-def train_run(config: str, variant: str, seed: int, folder: Path, extra: list[str]) -> float | None:
-    """Trains one run unless its metrics.json exists; returns the training wall seconds (None if read)."""
+def train_run(config: str, variant: str, seed: int, folder: Path, extra: list[str]) -> None:
+    """Trains one run unless its metrics.json exists."""
     if (folder / "metrics.json").is_file():
-        return None
+        return
     command = [sys.executable, "train.py", "--config", config, *VARIANTS[variant], "--seed", str(seed),
                "--output_dir", str(folder), *extra]  # fmt: skip
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    seconds = time.perf_counter() - start
-    (folder / "benchmark.json").write_text(json.dumps({"wall_seconds": round(seconds, 1)}) + "\n")
-    return seconds
+    (folder / "benchmark.json").write_text(json.dumps({"wall_seconds": round(time.perf_counter() - start, 1)}) + "\n")
 
 
 def summarize(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def per_user_mean(rank_lists: list[list[int]]) -> np.ndarray:
+    """`(users,)` the compared metric per user, averaged over runs (each a list of target ranks)."""
+    return np.mean([per_user(np.asarray(ranks), COMPARED) for ranks in rank_lists], axis=0)
+
+
+def aligned(users: list[str], ranks: dict[str, list[int]], protocol_index: int) -> list[int]:
+    """SASRec's ranks (our user id -> [kept, excluded]) in the order of `users`."""
+    missing = [u for u in users if u not in ranks]
+    if missing:
+        raise SystemExit(f"SASRec's ranks lack {len(missing)} of our test users (e.g. {missing[0]!r})")
+    return [ranks[u][protocol_index] for u in users]
+
+
+def variant_summary(runs: list[tuple[dict, dict]]) -> dict:
+    written = [w for w, _ in runs]
+    return {
+        "runs": len(runs),
+        **{p: {m: summarize([w["test"][p][m] for w in written]) for m in METRICS} for p in PROTOCOLS},
+        "valid_ndcg@10": summarize([w["valid"][p]["ndcg@10"] for w in written for p in [selected(w)]]),
+        "train_minutes": summarize([w["run"]["train_seconds"] / 60 for w in written]),
+        "best_steps": [w["protocol"]["best_step"] for w in written],
+        "steps": [w["protocol"]["steps"] for w in written],
+        "curves": [[(h["seconds"] / 60, h["metrics"][selected(w)]["ndcg@10"]) for h in w["history"]]
+                   for w in written],
+    }  # fmt: skip
+
+
+def selected(written: dict) -> str:
+    return "history_excluded" if written["protocol"]["history_excluded"] else "history_kept"
+
+
+def compare(model: np.ndarray, peer: np.ndarray, seed: int = 0) -> dict:
+    difference = paired_bootstrap(model, peer, seed=seed)
+    ratio = paired_bootstrap_ratio(model, peer, seed=seed)
+    return {"metric": COMPARED, "difference": difference, "ratio": ratio}
+
+
+def data_report(name: str, args: argparse.Namespace, runs_dir: Path, seeds: list[int], extra: list[str]) -> dict:
+    config = DATASETS[name]
+    variants, ranks = {}, {}
+    for variant in args.variants:
+        runs = []
+        for seed in seeds:
+            folder = runs_dir / name / f"{variant}-s{seed}"
+            train_run(config, variant, seed, folder, extra)
+            written = json.loads((folder / "metrics.json").read_text())
+            runs.append((written, json.loads((folder / "test_ranks.json").read_text())))
+            print(f"{name} {variant} seed {seed}: " + ", ".join(
+                f"{p} NDCG@10 {written['test'][p]['ndcg@10']:.4f}" for p in PROTOCOLS), flush=True)  # fmt: skip
+        variants[variant] = variant_summary(runs)
+        ranks[variant] = [r for _, r in runs]
+    best = max(variants, key=lambda v: variants[v]["valid_ndcg@10"]["mean"])  # chosen on validation
+    first_written = json.loads((runs_dir / name / f"{best}-s{seeds[0]}" / "metrics.json").read_text())
+    first_ranks = ranks[best][0]
+    users = first_ranks["user_id"]
+    peers = {}
+    for baseline, metrics in first_written["baselines"].items():  # the same for every seed
+        peers[baseline] = {p: {m: metrics[p][m] for m in METRICS} for p in PROTOCOLS}
+        if "decay" in metrics:
+            peers[baseline]["decay"] = metrics["decay"]
+    peer_ranks = {b: {p: [r] for p, r in first_ranks["baselines"][b].items()} for b in first_ranks["baselines"]}
+    sasrec_runs = sorted(Path(args.peers_dir).glob(f"sasrec-{name}-s*/summary.json"))
+    if sasrec_runs:
+        summaries = [json.loads(p.read_text()) for p in sasrec_runs]
+        sasrec_ranks = [json.loads((p.parent / "ranks.json").read_text()) for p in sasrec_runs]
+        peers["sasrec"] = {
+            **{p: {m: summarize([s[p][m] for s in summaries]) for m in METRICS} for p in PROTOCOLS},
+            "runs": len(summaries),
+            "train_minutes": summarize([s["train_minutes"] for s in summaries]),
+            "early_stopped": [s["early_stopped"] for s in summaries],
+            "epochs_run": [s["epochs_run"] for s in summaries],
+            "recbole_test": [s["recbole_test"] for s in summaries],
+        }
+        peer_ranks["sasrec"] = {p: [aligned(users, r, i) for r in sasrec_ranks] for i, p in enumerate(PROTOCOLS)}
+    for variant_ranks in ranks[best]:
+        if variant_ranks["user_id"] != users:
+            raise SystemExit(f"{name}: the runs of {best} ranked different test users")
+    comparisons = {
+        peer: {p: compare(per_user_mean([r[p] for r in ranks[best]]), per_user_mean(peer_ranks[peer][p]))
+               for p in PROTOCOLS}
+        for peer in peer_ranks
+    }  # fmt: skip
+    return {
+        "config": config,
+        "users": len(users),
+        "items": first_written["protocol"]["items"],
+        "seeds": seeds,
+        "variants": variants,
+        "best": best,
+        "peers": peers,
+        "published": PUBLISHED.get(name, {}),
+        "comparisons": comparisons,
+    }
+
+
+def print_report(name: str, report: dict) -> None:
+    print(f"\n{name} ({report['users']:,} test users, {report['items']:,} items), test, full ranking")
+    print("| method | " + " | ".join(f"{m} kept" for m in METRICS) + " | NDCG@10 excluded | Recall@10 excluded |")
+    print("|---" * (len(METRICS) + 3) + "|")
+
+    def cell(value) -> str:
+        return f"{value['mean']:.4f} ± {value['std']:.4f}" if isinstance(value, dict) else f"{value:.4f}"
+
+    rows = {f"recsys-bert {v}": r for v, r in report["variants"].items()} | report["peers"]
+    for label, row in rows.items():
+        kept, excluded = row["history_kept"], row["history_excluded"]
+        print(f"| {label} | " + " | ".join(cell(kept[m]) for m in METRICS)
+              + f" | {cell(excluded['ndcg@10'])} | {cell(excluded['recall@10'])} |")  # fmt: skip
+    for label, row in report["published"].items():
+        cells = " | ".join(f"{row[m]:.4f}" if m in row else "" for m in METRICS)
+        print(f"| {label} (published) | {cells} | | |")
+    for peer, protocols in report["comparisons"].items():
+        for protocol, c in protocols.items():
+            d, r = c["difference"], c["ratio"]
+            print(f"- {report['best']} vs {peer}, {protocol}: NDCG@10 {d['difference']:+.4f} [{d['low']:+.4f}, "
+                  f"{d['high']:+.4f}], ratio {r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")  # fmt: skip
+
+
 def main() -> None:
     args = parse()
     runs_dir = Path(tempfile.mkdtemp(prefix="quality-")) if args.quick else Path(args.runs_dir)
+    data = ["movielens"] if args.quick else args.data
     seeds = args.seeds[:1] if args.quick else args.seeds
     extra = QUICK_FLAGS if args.quick else []
-    variants = {}
-    for variant in args.variants:
-        kept = {metric: [] for metric in METRICS}
-        excluded = {metric: [] for metric in ("ndcg@10", "recall@10")}
-        valid = []
-        minutes = []
-        for seed in seeds:
-            folder = runs_dir / f"{variant}-s{seed}"
-            train_run(args.config, variant, seed, folder, extra)
-            written = json.loads((folder / "metrics.json").read_text())
-            test = written["test"]  # both protocols, from one set of scores
-            valid.append(written["valid"]["history_kept"]["ndcg@10"])
-            for metric in METRICS:
-                kept[metric].append(test["history_kept"][metric])
-            for metric in excluded:
-                excluded[metric].append(test["history_excluded"][metric])
-            timing = folder / "benchmark.json"
-            if timing.is_file():
-                minutes.append(json.loads(timing.read_text())["wall_seconds"] / 60)
-            print(f"{variant} seed {seed}: kept {({m: round(v[-1], 4) for m, v in kept.items()})}, excluded "
-                  f"{({m: round(v[-1], 4) for m, v in excluded.items()})}", flush=True)  # fmt: skip
-        variants[variant] = {
-            "runs": len(seeds),
-            "seeds": seeds,
-            "kept": {metric: summarize(values) for metric, values in kept.items()},
-            "excluded": {metric: summarize(values) for metric, values in excluded.items()},
-            "valid_ndcg@10": summarize(valid),
-            **({"train_minutes": summarize(minutes)} if minutes else {}),
-        }
-    print("\n| variant | seeds | NDCG@10 | Recall@10 | MRR | NDCG@10, history excluded | train minutes |")
-    print("|---|---|---|---|---|---|---|")
-    for name, result in variants.items():
-        cells = [f"{result['kept'][m]['mean']:.4f} ± {result['kept'][m]['std']:.4f}" for m in METRICS]
-        excluded = result["excluded"]["ndcg@10"]
-        train_minutes = result.get("train_minutes", {}).get("mean")
-        print(f"| {name} | {result['runs']} | {' | '.join(cells)} | {excluded['mean']:.4f} ± {excluded['std']:.4f} | "
-              f"{'' if train_minutes is None else f'{train_minutes:.1f}'} |")  # fmt: skip
-    for name, peer in PEERS.items():
-        excluded = peer["history_excluded"]["ndcg@10"]
-        print(f"| {name} | | {peer['ndcg@10']:.4f} | {peer['recall@10']:.4f} | {peer['mrr']:.4f} | {excluded:.4f} | |")
-    best = max(variants.values(), key=lambda r: r["valid_ndcg@10"]["mean"])  # chosen on validation
-    figures = {metric: round(best["kept"][metric]["mean"], 4) for metric in METRICS}
-    summary = {"variants": variants, "best": figures, "quick": args.quick}
+    reports = {name: data_report(name, args, runs_dir, seeds, extra) for name in data}
+    for name, report in reports.items():
+        print_report(name, report)
     if not args.quick:
         results_path = ROOT / "benchmarks" / "results.json"
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        results.setdefault("scientific", {})[args.device_kind] = {
-            **figures,
-            "std": {metric: round(best["kept"][metric]["std"], 4) for metric in METRICS},
-            "history_excluded": {m: round(best["excluded"][m]["mean"], 4) for m in best["excluded"]},
-            "variant": next(name for name, r in variants.items() if r is best),
-            "seeds": best["seeds"],
-            "protocol": "test split, full ranking over 4,385 items, history kept, ties against the target",
-            "machine": args.machine,
-            "date": date.today().isoformat(),
-            "commit": commit.stdout.strip(),
-            "command": "python " + " ".join(sys.argv),
-        }
-        results["scientific"]["peers"] = PEERS
-        results["scientific"].setdefault("variants" if args.device_kind == "cpu" else "gpu_variants", {}).update(
-            variants
-        )
+        for name, report in reports.items():
+            report.update(machine=args.machine, date=date.today().isoformat(), commit=commit.stdout.strip(),
+                          command="python " + " ".join(sys.argv))  # fmt: skip
+            results.setdefault("quality", {})[name] = report
+            plots.quality_by_data(name, report, ROOT / "benchmarks" / f"quality_{name}.png")
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-        plots.quality(results["scientific"], ROOT / "benchmarks" / "quality.png")
-    print(json.dumps(summary))
+    summary = {name: {"best": r["best"], "ndcg@10": r["variants"][r["best"]]["history_kept"]["ndcg@10"]["mean"]}
+               for name, r in reports.items()}  # fmt: skip
+    print(json.dumps({"quick": args.quick, **summary}))
 
 
 if __name__ == "__main__":

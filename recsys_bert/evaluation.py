@@ -155,13 +155,16 @@ def popularity_scorer(train_item_counts: np.ndarray, device: torch.device) -> Sc
     return lambda batch: counts.repeat(len(batch["history_ids"]), 1)  # a copy: evaluation writes into it
 
 
-def mean_history_scorer(item_vectors: torch.Tensor) -> Scorer:
-    """Zero-shot: the user is the mean of its recent history's item vectors (from the untrained encoder)."""
+def mean_history_scorer(item_vectors: torch.Tensor, decay: float = 1.0) -> Scorer:
+    """Zero-shot: the user is the recency-weighted mean of its recent history's item vectors (from the untrained
+    encoder), the j-th most recent item weighted `decay ** j` (1 = the plain mean)."""
 
     def scorer(batch):
-        history = batch["history_ids"]  # (users, max_history)
-        mask = (history >= 0).unsqueeze(-1).float()  # (users, max_history, 1)
-        users = (item_vectors[history.clamp(min=0)] * mask).sum(1) / mask.sum(1).clamp(min=1)  # (users, dim)
+        history = batch["history_ids"]  # (users, max_history), most recent first
+        ages = torch.arange(history.shape[1], device=history.device, dtype=torch.float32)  # (max_history,)
+        weights = (history >= 0).float() * decay**ages  # (users, max_history)
+        users = (item_vectors[history.clamp(min=0)] * weights.unsqueeze(-1)).sum(1)  # (users, dim)
+        users = users / weights.sum(1, keepdim=True).clamp(min=1e-12)
         return users @ item_vectors.T  # (users, items)
 
     return scorer

@@ -80,16 +80,49 @@ def paired_bootstrap(
         `difference` (mean of a - b), `low` and `high` (the interval's bounds), `samples`.
     """
     differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if differences.ndim != 1 or len(differences) == 0:
+    if differences.ndim != 1:
+        raise ValueError("paired_bootstrap needs two equally long, non-empty lists of per-user values")
+    means = _bootstrap_means(differences[:, None], samples, seed)
+    low, high = _interval(means[:, 0], confidence)
+    return {"difference": float(differences.mean()), "low": low, "high": high, "samples": samples}
+
+
+def paired_bootstrap_ratio(
+    a: np.ndarray, b: np.ndarray, samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """How many times better `a` is than `b` on the same users: mean(a) / mean(b) and its paired percentile
+    bootstrap interval (the resamples of `paired_bootstrap` with the same seed).
+
+    Returns:
+        `ratio`, `low` and `high` (the interval's bounds), `samples`.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError("paired_bootstrap_ratio needs two equally long lists of per-user values")
+    means = _bootstrap_means(np.stack([a, b], axis=1), samples, seed)  # (samples, 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = _interval(means[:, 0] / means[:, 1], confidence, method="nearest")  # a ratio can be inf
+        ratio = float(a.mean() / b.mean()) if b.mean() else float("inf")
+    return {"ratio": ratio, "low": low, "high": high, "samples": samples}
+
+
+def _bootstrap_means(columns: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """`(samples, columns)`: each column's mean over users (rows) resampled with replacement, the same users for
+    every column."""
+    if columns.ndim != 2 or len(columns) == 0:
         raise ValueError("paired_bootstrap needs two equally long, non-empty lists of per-user values")
     rng = np.random.default_rng(seed)
-    means = np.empty(samples)
+    means = np.empty((samples, columns.shape[1]))
     for start in range(0, samples, 100):  # 100 resamples at a time: memory stays at 100 x users
-        rows = rng.integers(0, len(differences), (min(100, samples - start), len(differences)))
-        means[start : start + len(rows)] = differences[rows].mean(axis=1)
+        rows = rng.integers(0, len(columns), (min(100, samples - start), len(columns)))
+        means[start : start + len(rows)] = columns[rows].mean(axis=1)
+    return means
+
+
+def _interval(values: np.ndarray, confidence: float, method: str = "linear") -> tuple[float, float]:
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return {"difference": float(differences.mean()), "low": float(low), "high": float(high), "samples": samples}
+    low, high = np.percentile(values, [tail, 100 - tail], method=method)
+    return float(low), float(high)
 
 
 def impression_metrics(labels: list[np.ndarray], scores: list[np.ndarray]) -> dict:

@@ -65,6 +65,7 @@ from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model, 
 from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
+ZERO_SHOT_DECAYS = (1.0, 0.9, 0.7, 0.5, 0.3)  # the zero-shot mean's recency decays tried on valid
 
 
 @dataclass
@@ -282,14 +283,31 @@ class Trainer:
             )
 
     def _baselines(self, vectors: torch.Tensor) -> dict:
-        """Popularity and the untrained encoder (zero-shot: user = mean of the history's item `vectors`) on test, in
-        both protocols, as the model is; their per-user ranks kept for the paired comparison with the model."""
+        """Popularity and the untrained encoder (zero-shot: user = recency-weighted mean of the history's item
+        `vectors`, the decay chosen on valid) on test, in both protocols, as the model is; their per-user ranks kept
+        for the paired comparison with the model."""
         data, accelerator = self.data, self.accelerator
         popularity = popularity_scorer(data.item_counts_before("test"), accelerator.device)  # valid is known too
+        decay = self._zero_shot_decay(vectors)
         baselines = {}
-        for name, scorer in (("popularity", popularity), ("zero_shot", mean_history_scorer(vectors))):
+        for name, scorer in (("popularity", popularity), ("zero_shot", mean_history_scorer(vectors, decay))):
             baselines[name], self.baseline_ranks[name] = self._evaluate(scorer, self.test_loader, name)
+        baselines["zero_shot"]["decay"] = decay
         return baselines
+
+    def _zero_shot_decay(self, vectors: torch.Tensor) -> float:
+        """The zero-shot mean's recency decay with the best valid `metric_for_best_model` (1 = the plain mean)."""
+        if self.data.is_impressions:
+            return 1.0
+        found = {}
+        for decay in ZERO_SHOT_DECAYS:
+            scorer = mean_history_scorer(vectors, decay)
+            metrics = evaluate(scorer, self.valid_loader, self.accelerator, self.args.eval_ks, f"zero-shot {decay}")
+            found[decay] = self._selected(metrics)[self.args.metric_for_best_model]
+        logger.info(
+            "Zero-shot recency decay on valid: %s", json.dumps({str(d): round(v, 4) for d, v in found.items()})
+        )
+        return max(found, key=found.get)
 
     def _resume(self, which: str) -> None:
         checkpoint = find_checkpoint(self.output_dir, which)
@@ -467,6 +485,8 @@ class Trainer:
         if accelerator.is_main_process:
             save_model(best_model, self.tokenizer, output_dir)
             write_json_atomic(output_dir / "metrics.json", results)
+            if test_ranks:  # per-user target ranks (not MIND), for paired comparisons with peers run elsewhere
+                write_json_atomic(output_dir / "test_ranks.json", self._ranks_record(test_ranks))
             settings = settings_dict(self.model_args, self.data_args, args)
             config_yaml = yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
             write_text_atomic(output_dir / "config.yaml", config_yaml)
@@ -481,6 +501,16 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
+
+    def _ranks_record(self, test_ranks: dict) -> dict:
+        """`test_ranks.json`: each test user's target rank in both protocols, the model's and the baselines', in the
+        order of `user_id`."""
+
+        def lists(ranks: dict) -> dict:
+            return {name: values.tolist() for name, values in ranks.items()}
+
+        baselines = {name: lists(ranks) for name, ranks in self.baseline_ranks.items() if ranks}
+        return {"user_id": list(self.data.test["user_id"]), **lists(test_ranks), "baselines": baselines}
 
     def _comparisons(self, test_ranks: dict) -> dict:
         """The model against each baseline on the same test users: the mean per-user difference of

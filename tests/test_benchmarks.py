@@ -60,3 +60,40 @@ def test_gpu_throughput_runs_on_a_cpu_too():
     assert figures["ceiling"]["train_sequences_per_s"] > 0 and figures["train"]["encoder_sequences_per_s"] > 0
     assert figures["ratio_vs_sentence_transformers"] > 0
     assert figures["encode"]["cosine_vs_sentence_transformers_min"] > 0.999  # the same vectors
+
+
+def test_sasrec_gets_exactly_our_split(tmp_path):
+    """The RecBole input `benchmarks/sasrec.py` writes for generic data: every user's time-ordered sequence, whose
+    leave-one-out by time (RecBole's `LS: valid_and_test`, `order: TO`) gives back our valid and test targets, and
+    whose training prefixes are as many as our training rows (RecBole itself is not needed for this check)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import pandas as pd
+    import sasrec
+
+    from recsys_bert.arguments import parse_args
+    from recsys_bert.data import load_data
+
+    mode, test_users, num_items, train_rows = sasrec.write_recbole_data("movielens", tmp_path)
+    assert mode == "inter"
+    log = pd.read_csv(tmp_path / "movielens.inter", sep="\t")
+    assert list(log.columns) == ["user_id:token", "item_id:token", "timestamp:float"]
+    log = log.sort_values(["user_id:token", "timestamp:float"], kind="stable")
+    sequences = log.groupby("user_id:token", sort=False)["item_id:token"].agg(list)
+    model_args, data_args, _ = parse_args(["--config", "configs/movielens.yaml"])
+    data = load_data(data_args, model_args.max_history)
+    valid = dict(zip(data.valid["user_id"], data.valid["target"]))
+    test = dict(zip(data.test["user_id"], data.test["target"]))
+    assert len(sequences) == len(test) == len(test_users) == 610 and num_items == len(data.items)
+    for user, sequence in sequences.items():
+        assert sequence[-1] == test[str(user)] and sequence[-2] == valid[str(user)]
+    # RecBole trains on targets 2 .. n-2 of each sequence of n, as we do
+    assert sum(len(s) - 3 for s in sequences) == train_rows == len(data.train)
+
+
+@pytest.mark.slow
+def test_quality_quick_runs():
+    """`quality.py --quick`: a 20-step MovieLens run, its baselines (the zero-shot decay chosen on valid) and the
+    paired intervals of the model against them, difference and ratio."""
+    figures = _last_json_line("quality.py", "--quick")
+    assert figures["quick"] is True and figures["movielens"]["best"] == "frozen"
+    assert 0 <= figures["movielens"]["ndcg@10"] <= 1

@@ -137,7 +137,28 @@ def test_paired_bootstrap_interval():
     assert interval["low"] < differences.mean() < interval["high"]
     with pytest.raises(ValueError):
         paired_bootstrap(np.zeros(0), np.zeros(0))
+    # the ratio of the means: a system twice as good on every user is 2x, with no spread
+    from recsys_bert.metrics import paired_bootstrap_ratio
+
+    doubled = paired_bootstrap_ratio(2 * a, a)
+    assert doubled["ratio"] == pytest.approx(2.0) and doubled["low"] == pytest.approx(2.0)
+    assert doubled["high"] == pytest.approx(2.0)
+    # users (a, b) = (1, 1) and (1, 0): resamples give 1/1, 2/1 or 2/0 (1/4, 1/2, 1/4): the interval is [1, inf]
+    pair = paired_bootstrap_ratio(np.array([1.0, 1.0]), np.array([1.0, 0.0]))
+    assert (pair["ratio"], pair["low"], pair["high"]) == (2.0, 1.0, np.inf)
     # per-user values average to ranking_metrics' figures
     ranks = np.array([1, 3, 12, 2])
     for name in ("ndcg@10", "recall@10", "precision@10", "mrr@10", "mrr"):
         assert per_user(ranks, name).mean() == pytest.approx(ranking_metrics(ranks, [10])[name])
+
+
+def test_zero_shot_recency_weighted_mean():
+    """The j-th most recent history item weighs decay**j; decay 1 is the plain mean; padding weighs nothing."""
+    from recsys_bert.evaluation import mean_history_scorer
+
+    vectors = torch.eye(3)  # (items, dim): item i's vector is the i-th unit vector
+    batch = {"history_ids": torch.tensor([[0, 1, -1], [2, -1, -1]])}  # most recent first
+    scores = mean_history_scorer(vectors, decay=0.5)(batch)  # (users, items)
+    assert torch.allclose(scores[0], torch.tensor([1.0, 0.5, 0.0]) / 1.5)
+    assert torch.allclose(scores[1], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(mean_history_scorer(vectors)(batch)[0], torch.tensor([0.5, 0.5, 0.0]))

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from recsys_bert.arguments import parse_args
-from recsys_bert.trainer import train
+from recsys_bert.metrics import ranking_metrics
+from recsys_bert.trainer import ZERO_SHOT_DECAYS, train
 from tests.conftest import REPO_ROOT, flat, reset_accelerate_state, tiny_train_args
 
 ML = REPO_ROOT / "data" / "ml-latest-small"
@@ -70,7 +71,17 @@ def test_training_beats_the_untrained_model_and_popularity(popular_movies_files,
     written = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert set(written) >= {"valid", "test", "baselines", "protocol", "run"}
     assert set(written["baselines"]) == {"popularity", "zero_shot"}
+    assert written["baselines"]["zero_shot"]["decay"] in ZERO_SHOT_DECAYS  # chosen on valid
     assert {"ndcg@10", "recall@10", "mrr", "precision@5", "mrr@10"} <= set(written["test"]["history_kept"])
+    # every test user's target rank, the model's and the baselines', reproduce the written metrics
+    ranks = json.loads((tmp_path / "b" / "test_ranks.json").read_text())
+    assert len(ranks["user_id"]) == len(set(ranks["user_id"])) == 610
+    for name in ("history_excluded", "history_kept"):
+        assert ranking_metrics(ranks[name], [10])["ndcg@10"] == pytest.approx(written["test"][name]["ndcg@10"])
+        for baseline in ("popularity", "zero_shot"):
+            assert ranking_metrics(ranks["baselines"][baseline][name], [10])["ndcg@10"] == pytest.approx(
+                written["baselines"][baseline][name]["ndcg@10"]
+            )
     assert written["protocol"]["history_excluded"] is True and written["test"]["history_excluded"]["users"] == 610
     assert (tmp_path / "b" / "model.safetensors").exists() and (tmp_path / "b" / "config.yaml").exists()
     assert list((tmp_path / "b" / "logs").rglob("events.out.tfevents*"))
