@@ -50,7 +50,10 @@ VARIANTS = {
     "dropout5": ["--dropout", "0.5"],  # dropout 0.5 in the user tower (SASRec's and RecFormer's), not 0.1
     # all-mpnet-base-v2 frozen (110M, hidden 768): `python benchmarks/fetch_mpnet.py` first
     "mpnet": ["--encoder_name_or_path", ".cache/all-mpnet-base-v2"],
+    # a random 10% of the items held out of training: test on the users whose target is one (a protocol apart)
+    "cold": ["--cold_item_fraction", "0.1"],
 }
+COLD = "cold"
 DATASETS = {
     "scientific": "configs/scientific.yaml",
     "beauty": "configs/beauty.yaml",
@@ -150,8 +153,11 @@ def data_report(name: str, args: argparse.Namespace, runs_dir: Path, seeds: list
             runs.append((written, json.loads((folder / "test_ranks.json").read_text())))
             print(f"{name} {variant} seed {seed}: " + ", ".join(
                 f"{p} NDCG@10 {written['test'][p]['ndcg@10']:.4f}" for p in PROTOCOLS), flush=True)  # fmt: skip
-        variants[variant] = variant_summary(runs)
+        variants[variant] = {**variant_summary(runs), "seeds": seeds}
         ranks[variant] = [r for _, r in runs]
+    cold = cold_report(name, variants.pop(COLD, None), ranks.pop(COLD, None), args)
+    if not variants:
+        return {"config": config, "seeds": seeds, "cold_items": cold}
     best = max(variants, key=lambda v: variants[v]["valid_ndcg@10"]["mean"])  # chosen on validation
     first_written = json.loads((runs_dir / name / f"{best}-s{seeds[0]}" / "metrics.json").read_text())
     first_ranks = ranks[best][0]
@@ -193,10 +199,42 @@ def data_report(name: str, args: argparse.Namespace, runs_dir: Path, seeds: list
         "peers": peers,
         "published": PUBLISHED.get(name, {}),
         "comparisons": comparisons,
+        **({"cold_items": cold} if cold else {}),
     }
 
 
+def cold_report(name: str, summary: dict | None, runs: list | None, args: argparse.Namespace) -> dict | None:
+    """The cold-item column: test NDCG@10 / Recall@10 on the users whose target was held out of training, for
+    recsys-bert (the `cold` variant's seeds), its baselines and SASRec trained without those items."""
+    if summary is None:
+        return None
+    written = [json.loads((Path(args.runs_dir) / name / f"{COLD}-s{s}" / "metrics.json").read_text())
+               for s in summary["seeds"]]  # fmt: skip
+    first = written[0]["test_cold_items"]
+    rows = {"recsys-bert": {p: {m: summarize([w["test_cold_items"][p][m] for w in written]) for m in METRICS}
+                            for p in PROTOCOLS}}  # fmt: skip
+    for baseline, metrics in first.get("baselines", {}).items():
+        rows[baseline] = {p: {m: metrics[p][m] for m in METRICS} for p in PROTOCOLS}
+    sasrec = [
+        json.loads(p.read_text()) for p in sorted(Path(args.peers_dir).glob(f"sasrec-{name}-cold-s*/summary.json"))
+    ]
+    if sasrec:
+        rows["sasrec"] = {p: {m: summarize([s["test_cold_items"][p][m] for s in sasrec]) for m in METRICS}
+                          for p in PROTOCOLS}  # fmt: skip
+    return {"items": first["items"], "users": first["users"], "seeds": summary["seeds"], "rows": rows}
+
+
 def print_report(name: str, report: dict) -> None:
+    cold = report.get("cold_items")
+    if cold:
+        print(f"\n{name}, cold items: {cold['items']:,} items held out of training, {cold['users']:,} test users with "
+              "one as their target (NDCG@10 / Recall@10, history kept | excluded)")  # fmt: skip
+        for label, row in cold["rows"].items():
+            cells = [row[p][m] for p in PROTOCOLS for m in ("ndcg@10", "recall@10")]
+            cells = [f"{c['mean']:.4f} ± {c['std']:.4f}" if isinstance(c, dict) else f"{c:.4f}" for c in cells]
+            print(f"| {label} | " + " | ".join(cells) + " |")
+    if "variants" not in report:
+        return
     print(f"\n{name} ({report['users']:,} test users, {report['items']:,} items), test, full ranking")
     print("| method | " + " | ".join(f"{m} kept" for m in METRICS) + " | NDCG@10 excluded | Recall@10 excluded |")
     print("|---" * (len(METRICS) + 3) + "|")
@@ -236,10 +274,11 @@ def main() -> None:
             report.update(machine=args.machine, date=date.today().isoformat(), commit=commit.stdout.strip(),
                           command="python " + " ".join(sys.argv))  # fmt: skip
             results.setdefault("quality", {})[name] = report
-            plots.quality_by_data(name, report, ROOT / "benchmarks" / f"quality_{name}.png")
+            if "variants" in report:
+                plots.quality_by_data(name, report, ROOT / "benchmarks" / f"quality_{name}.png")
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     summary = {name: {"best": r["best"], "ndcg@10": r["variants"][r["best"]]["history_kept"]["ndcg@10"]["mean"]}
-               for name, r in reports.items()}  # fmt: skip
+               for name, r in reports.items() if "best" in r}  # fmt: skip
     print(json.dumps({"quick": args.quick, **summary}))
 
 

@@ -11,6 +11,7 @@ target against ours and RecBole's own history-kept numbers against ours.
 
     python benchmarks/sasrec.py --data scientific beauty toys --seeds 42 1 2
     python benchmarks/sasrec.py --data scientific --quick    # 2 epochs, nothing written to results.json
+    python benchmarks/sasrec.py --data beauty --cold_item_fraction 0.1   # 10% of the items held out of training
 
 Per run: `runs/peers/sasrec-<data>-s<seed>/{summary,ranks}.json` (ranks: our user id -> [rank with the history
 kept, rank with it excluded], for `quality.py`'s paired intervals). `benchmarks/results.json` gets
@@ -52,6 +53,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max_minutes", type=float, default=120, help="Training time cap per run.")
     parser.add_argument("--runs_dir", default="runs/peers", help="Where the runs are (and are written).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default).")
+    parser.add_argument(
+        "--cold_item_fraction",
+        type=float,
+        default=0.0,
+        help="Hold out the items train.py's --cold_item_fraction holds out (runs named -cold).",
+    )
     parser.add_argument("--quick", action="store_true", help="2 epochs of one seed in --runs_dir/quick; no results.")
     return parser.parse_args()
 
@@ -71,17 +78,21 @@ def ensure_venv() -> Path:
     return python
 
 
-def write_recbole_data(name: str, folder: Path) -> tuple[str, dict, int, int]:
-    """RecBole's input for one data set, from our loader's rows; returns (mode, test users, items, train rows)."""
+def write_recbole_data(name: str, folder: Path, cold_item_fraction: float = 0.0) -> tuple[str, dict, int, int, list]:
+    """RecBole's input for one data set, from our loader's rows; returns (mode, test users, items, train rows,
+    held-out items). Items held out of training (`cold_item_fraction`) need our own training rows: the benchmark
+    files then, whatever the format."""
     from recsys_bert.arguments import parse_args
     from recsys_bert.data import load_data
 
-    model_args, data_args, _ = parse_args(["--config", DATASETS[name]])
+    flags = ["--cold_item_fraction", str(cold_item_fraction)] if cold_item_fraction else []
+    model_args, data_args, _ = parse_args(["--config", DATASETS[name], *flags])
     data = load_data(data_args, model_args.max_history)
     folder.mkdir(parents=True, exist_ok=True)
     test = data.test.to_dict()
     test_users = {u: [h, t] for u, h, t in zip(test["user_id"], test["history"], test["target"])}
-    if data_args.data_format == "atomic":
+    held_out = [] if data.held_out_items is None else data.held_out_items.tolist()
+    if data_args.data_format == "atomic" or held_out:
         mode = "benchmark"
         for split in ("train", "valid", "test"):
             rows = getattr(data, split).to_dict()
@@ -97,23 +108,27 @@ def write_recbole_data(name: str, folder: Path) -> tuple[str, dict, int, int]:
         for user, (history, target) in test_users.items():
             lines += [f"{user}\t{item}\t{position}" for position, item in enumerate([*history, target])]
         (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
-    return mode, test_users, len(data.items), len(data.train)
+    return mode, test_users, len(data.items), len(data.train), held_out
 
 
 def run_seed(python: Path, name: str, seed: int, args: argparse.Namespace) -> dict:
-    folder = Path(args.runs_dir).resolve() / ("quick" if args.quick else f"sasrec-{name}-s{seed}")
+    cold = "-cold" if args.cold_item_fraction else ""
+    folder = Path(args.runs_dir).resolve() / ("quick" if args.quick else f"sasrec-{name}{cold}-s{seed}")
     summary_path = folder / "summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    data_root = Path(args.runs_dir).resolve() / "data"
-    mode, test_users, num_items, train_rows = write_recbole_data(name, data_root / name)
+    data_root = Path(args.runs_dir).resolve() / f"data{cold}"
+    mode, test_users, num_items, train_rows, held_out = write_recbole_data(name, data_root / name,
+                                                                           args.cold_item_fraction)  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     users_path = folder / "test_users.json"
     users_path.write_text(json.dumps(test_users))
+    (folder / "held_out_items.json").write_text(json.dumps(held_out))
     command = [str(python), str(ROOT / "benchmarks" / "sasrec_recbole.py"), "--data_path", str(data_root),
                "--dataset", name, "--mode", mode, "--test_users", str(users_path), "--num_items", str(num_items),
                "--seed", str(seed), "--max_minutes", str(args.max_minutes), "--output", str(summary_path),
                "--ranks", str(folder / "ranks.json"), "--checkpoint_dir", str(folder / "saved"),
+               "--held_out_items", str(folder / "held_out_items.json"),
                *(["--epochs", "2"] if args.quick else [])]  # fmt: skip
     env = dict(os.environ)
     if args.threads:

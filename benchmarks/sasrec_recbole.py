@@ -42,6 +42,7 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--test_users", required=True, help="JSON: our user id -> [full history, test target].")
     parser.add_argument("--num_items", type=int, required=True, help="Our catalogue's size.")
+    parser.add_argument("--held_out_items", help="JSON list of the items held out of training (cold), if any.")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=500, help="Most epochs (early stopping ends it before).")
     parser.add_argument("--patience", type=int, default=10, help="Validations without improvement before stopping.")
@@ -162,12 +163,19 @@ def main() -> None:
                          f"{len(ranks)} of {len(test_users)} users scored")  # fmt: skip
     kept = metrics.ranking_metrics([r[0] for r in ranks.values()], (10, 50))
     excluded = metrics.ranking_metrics([r[1] for r in ranks.values()], (10, 50))
+    held_out = set(json.loads(Path(args.held_out_items).read_text())) if args.held_out_items else set()
+    cold = [r for u, r in ranks.items() if test_users[u][1] in held_out]  # test users with a held-out target
+    cold_items = {"items": len(held_out), "users": len(cold)}
+    if cold:
+        cold_items.update(history_kept=metrics.ranking_metrics([r[0] for r in cold], (10, 50)),
+                          history_excluded=metrics.ranking_metrics([r[1] for r in cold], (10, 50)))  # fmt: skip
     best_epoch = max(curve, key=lambda c: c["valid_ndcg@10"])["epoch"] if curve else None
     summary = {
         "recbole_test": recbole_test,
         "history_kept": kept,
         "history_excluded": excluded,
         "users": len(ranks),
+        "test_cold_items": cold_items,
         "train_rows": len(train_data._dataset),
         "epochs_run": len(curve),
         "best_epoch": best_epoch,

@@ -61,7 +61,8 @@ DATASETS = {
 # configs/movielens.yaml's model and step, the encoder frozen; validation only at the end (no choice on P2 or P3)
 RECIPE = ["--finetune_layers", "0", "--projection_dim", "128", "--user_layers", "1", "--max_history", "30",
           "--max_item_tokens", "32", "--per_device_train_batch_size", "256", "--num_negatives", "256",
-          "--exclude_history", "--eval_steps", "0", "--run_baselines", "false", "--logging_steps", "50"]  # fmt: skip
+          "--exclude_history", "--eval_steps", "0", "--run_baselines", "false", "--logging_steps", "50",
+          "--num_train_epochs", "1"]  # fmt: skip
 LEARNING_RATE = 2e-3
 QUANTILES = (0.7, 0.8, 0.9)  # P1's last stretch, P2, P3
 METRICS = ("ndcg@10", "recall@10")

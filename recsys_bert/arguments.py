@@ -2,6 +2,11 @@
 
 `ModelArguments` becomes the model's own `RecsysBertConfig` (the only config that travels with a saved model);
 `DataArguments` and `TrainingArguments` describe one run and are written to `output_dir/config.yaml`.
+
+The defaults are the recipe `benchmarks/quality.py` chose on validation (benchmarks/RESULTS.md): the encoder frozen
+(item vectors computed once), a 128-wide MLP head and one user-transformer layer, batch 256 with 256 sampled
+negatives at learning rate 2e-3, up to 15 epochs, validated once per epoch, stopped after 3 validations without
+improvement or 120 minutes of steps. `train.py --items ... --interactions ... --output_dir ...` alone runs it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class ModelArguments:
         },
     )
     projection_dim: int = field(
-        default=0,
+        default=128,
         metadata={"help": "Width of the projection head (2-layer MLP) after pooling; 0 = none (the encoder's width)."},
     )
     user_tower: str = field(
@@ -55,7 +60,7 @@ class ModelArguments:
     user_heads: int = field(default=4, metadata={"help": "Attention heads of the 'attention' user tower's layers."})
     max_history: int = field(default=50, metadata={"help": "Most recent history items a user is represented by."})
     max_item_tokens: int = field(
-        default=32, metadata={"help": "Tokens of an item's text kept (longer texts are cut)."}
+        default=64, metadata={"help": "Tokens of an item's text kept (longer texts are cut)."}
     )
     max_user_tokens: int = field(
         default=256, metadata={"help": "Tokens of the concatenated history ('text' user tower)."}
@@ -134,6 +139,14 @@ class DataArguments:
         default=0.0,
         metadata={"help": "With train_since: also train on this share of the earlier targets (seeded, random)."},
     )
+    cold_item_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hold this share of the items (random, the same for every seed) out of training: no training row "
+            "has one as its target or in its history, so test ranks them from their text alone; metrics.json adds "
+            "`test_cold_items`, the test users whose target is one of them."
+        },
+    )
 
 
 @dataclass
@@ -144,20 +157,20 @@ class TrainingArguments:
     seed: int = field(default=42, metadata={"help": "Random seed (model init, sampling, shuffling)."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; -1 = num_train_epochs epochs."})
     max_train_minutes: float = field(
-        default=0,
+        default=120,
         metadata={
             "help": "Stop training after this many minutes of steps, then validate, test and save as at the end "
             "(the schedule still spans max_steps); 0 = no limit."
         },
     )
     num_train_epochs: float = field(
-        default=1.0, metadata={"help": "Epochs over the training samples when max_steps < 0."}
+        default=15.0, metadata={"help": "Epochs over the training samples when max_steps < 0."}
     )
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Training samples per process per step."})
+    per_device_train_batch_size: int = field(default=256, metadata={"help": "Training samples per process per step."})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Users (or items) per evaluation batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(
-        default=1e-3, metadata={"help": "Peak learning rate of the new layers (user tower, projection)."}
+        default=2e-3, metadata={"help": "Peak learning rate of the new layers (user tower, projection)."}
     )
     encoder_learning_rate: float = field(
         default=5e-5, metadata={"help": "Peak learning rate of the trained encoder layers."}
@@ -181,7 +194,7 @@ class TrainingArguments:
         },
     )
     num_negatives: int = field(
-        default=64,
+        default=256,
         metadata={
             "help": "Uniformly sampled negatives shared by a step's samples; -1 = every catalogue item (a full "
             "softmax: no sampling, and no in-batch negatives, the cost of encoding the whole catalogue each step)."
@@ -200,7 +213,8 @@ class TrainingArguments:
     npratio: int = field(default=4, metadata={"help": "MIND: non-clicked impressions per click used as negatives."})
     logging_steps: int = field(default=20, metadata={"help": "Log loss, learning rate and throughput every N steps."})
     eval_steps: int = field(
-        default=0, metadata={"help": "Validate every N steps (and at the end); 0 = only at the end."}
+        default=-1,
+        metadata={"help": "Validate every N steps (and at the end); -1 = once per epoch; 0 = only at the end."},
     )
     save_steps: int = field(default=0, metadata={"help": "Checkpoint (save_state) every N steps; 0 = none."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted)."})
@@ -219,7 +233,7 @@ class TrainingArguments:
         default="ndcg@10", metadata={"help": "Validation metric for early stopping and the best model."}
     )
     early_stopping_patience: int = field(
-        default=0, metadata={"help": "Stop after N evaluations without improvement; 0 = never."}
+        default=3, metadata={"help": "Stop after N evaluations without improvement; 0 = never."}
     )
     eval_ks: list[int] = field(
         default_factory=lambda: [5, 10, 20, 50], metadata={"help": "Cut-offs K of the @K metrics."}

@@ -3,6 +3,8 @@ features of any set of items a batch needs."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 
 import datasets
@@ -10,10 +12,14 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from recsys_bert.modeling import RecsysBertModel
 from recsys_bert.utils import atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 class Catalogue:
@@ -108,11 +114,44 @@ class Catalogue:
         return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
     @torch.no_grad()
-    def compute_frozen_states(self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256) -> None:
-        """Runs the model's frozen lower part once over every item (items split across processes) and keeps it."""
+    def compute_frozen_states(
+        self, model: RecsysBertModel, accelerator: Accelerator, batch_size: int = 256, cache_dir: Path | None = None
+    ) -> None:
+        """Runs the model's frozen lower part once over every item (items split across processes) and keeps it.
+
+        Args:
+            cache_dir: where the pooled vectors of a wholly frozen encoder (`finetune_layers=0`) are also kept, under
+                a key of the items' tokens, the encoder's weights and the device and precision that computed them, so
+                that a later run on the same catalogue (another seed, another head) reads them instead.
+        """
         self.frozen_states = None
-        if model.config.finetune_layers >= 0:
-            self.frozen_states = self.encode(model.frozen_states, accelerator, batch_size, "Caching frozen states")
+        if model.config.finetune_layers < 0:
+            return
+        path = None
+        if cache_dir is not None and model.config.finetune_layers == 0:
+            path = Path(cache_dir) / f"{self._states_key(model, accelerator)}.safetensors"
+        found = broadcast_object_list([path is not None and path.is_file()])[0]  # every process as the main one
+        if found:
+            self.frozen_states = load_file(path)["frozen_states"]
+            logger.info("Frozen encoder vectors of %d items read from %s", len(self), path)
+            return
+        self.frozen_states = self.encode(model.frozen_states, accelerator, batch_size, "Caching frozen states")
+        if path is not None and accelerator.is_main_process:
+            with atomic_path(path) as tmp:
+                save_file({"frozen_states": self.frozen_states.contiguous()}, tmp)
+
+    def _states_key(self, model: RecsysBertModel, accelerator: Accelerator) -> str:
+        """sha256 of what the frozen vectors depend on: tokens, encoder weights and config, pooling, device and
+        precision."""
+        digest = hashlib.sha256()
+        digest.update(repr((model.config.pooling, model.config.encoder, accelerator.device.type,
+                            accelerator.mixed_precision, self.input_ids.shape)).encode())  # fmt: skip
+        for start in range(0, len(self.input_ids), 100_000):  # a memory-mapped catalogue: 100,000 items at a time
+            digest.update(np.ascontiguousarray(self.input_ids[start : start + 100_000]).tobytes())
+        for name, tensor in model.encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:32]
 
     @torch.no_grad()
     def encode(self, fn, accelerator: Accelerator, batch_size: int = 256, description: str = "Encoding items"):

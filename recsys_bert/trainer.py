@@ -46,6 +46,7 @@ from recsys_bert.checkpoints import (
 from recsys_bert.cli import configure_logging
 from recsys_bert.collators import EvalCollator, TrainCollator
 from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
+from recsys_bert.data.cache import cache_root
 from recsys_bert.data.splits import parse_time
 from recsys_bert.distributed import any_process, has_accelerator, whole_parameters
 from recsys_bert.encoders import default_encoder_path
@@ -60,7 +61,7 @@ from recsys_bert.evaluation import (
 )
 from recsys_bert.hub import ITEM_ENCODER_FOLDER, public_name, push_to_hub, save_item_encoder, write_model_card
 from recsys_bert.losses import step_loss
-from recsys_bert.metrics import ItemStatistics, paired_bootstrap, per_user
+from recsys_bert.metrics import ItemStatistics, paired_bootstrap, per_user, ranking_metrics
 from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model, save_model
 from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
 
@@ -168,7 +169,9 @@ class Trainer:
             model = initial.to(accelerator.device)
         if len(data.valid) == 0 and accelerator.is_main_process:
             logger.info("No validation rows (valid_since = test_since): the model after the last step is kept")
-        self.catalogue.compute_frozen_states(model, accelerator, args.per_device_eval_batch_size)
+        self.catalogue.compute_frozen_states(
+            model, accelerator, args.per_device_eval_batch_size, cache_dir=cache_root() / "frozen-states"
+        )
 
         # ---- prepare, then the number of steps of the sharded loader, then the schedule ----
         self.collator = TrainCollator(self.catalogue, config, args)
@@ -191,6 +194,8 @@ class Trainer:
         self.max_steps = (
             args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * self.steps_per_epoch)
         )
+        # eval_steps -1: validate about once per epoch (and at the end), whatever the data's size
+        self.eval_steps = args.eval_steps if args.eval_steps >= 0 else self.steps_per_epoch
         scheduler = get_scheduler(
             args.lr_scheduler_type,
             self.optimizer,  # the prepared scheduler steps once per process per step
@@ -228,6 +233,8 @@ class Trainer:
             * self.accelerator.num_processes
             * args.gradient_accumulation_steps,
             "max_steps": self.max_steps,
+            "eval_steps": self.eval_steps,
+            "max_train_minutes": args.max_train_minutes,
             "processes": self.accelerator.num_processes,
             "distributed_type": self.accelerator.distributed_type.value,
             "mixed_precision": self.accelerator.mixed_precision,
@@ -384,7 +391,7 @@ class Trainer:
         if out_of_time:
             logger.info("Time budget of %s minutes spent at step %d", args.max_train_minutes, step)
         stop = step >= self.max_steps or out_of_time
-        if ((args.eval_steps > 0 and step % args.eval_steps == 0) or stop) and len(self.data.valid):
+        if ((self.eval_steps > 0 and step % self.eval_steps == 0) or stop) and len(self.data.valid):
             self._validate(step, loop_start)
             patience = args.early_stopping_patience
             if patience and state.evals_without_improvement >= patience:
@@ -468,6 +475,7 @@ class Trainer:
             "test": test_metrics,
             "baselines": baselines,
             "comparisons": self._comparisons(test_ranks),
+            **({"test_cold_items": self._cold_items(test_ranks)} if self.data.held_out_items is not None else {}),
             "history": state.history,  # every validation: step, seconds since this launch's first step, metrics
             "protocol": {
                 "data": self.data.name,
@@ -501,6 +509,21 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
+
+    def _cold_items(self, test_ranks: dict) -> dict:
+        """Test on the users whose target was held out of training (`cold_item_fraction`), the model's and the
+        baselines' metrics in both protocols."""
+        targets = self.data.test.data.column("target").to_numpy()
+        cold = np.isin(targets, self.data.held_out_items)  # (test users,)
+
+        def subset(ranks: dict) -> dict:
+            return {name: ranking_metrics(values[cold], self.args.eval_ks) for name, values in ranks.items()}
+
+        found = {"items": len(self.data.held_out_items), "users": int(cold.sum())}
+        if cold.any():
+            baselines = {name: subset(ranks) for name, ranks in self.baseline_ranks.items() if ranks}
+            found |= {**subset(test_ranks), "baselines": baselines}
+        return found
 
     def _ranks_record(self, test_ranks: dict) -> dict:
         """`test_ranks.json`: each test user's target rank in both protocols, the model's and the baselines', in the

@@ -77,6 +77,9 @@ def tiny_train_args(generic_files, tiny: str, output_dir, *extra: str) -> list[s
         "--encoder_name_or_path", tiny, "--output_dir", str(output_dir), "--finetune_layers", "-1",
         "--per_device_train_batch_size", "32", "--num_negatives", "32", "--max_history", "20",
         "--max_item_tokens", "16", "--logging_steps", "5", "--run_baselines", "false", "--seed", "3",
+        # one epoch, validated at its end, at the tests' settings (not the defaults' 15 epochs): flags in extra win
+        "--projection_dim", "0", "--learning_rate", "1e-3", "--num_train_epochs", "1", "--eval_steps", "0",
+        "--early_stopping_patience", "0", "--max_train_minutes", "0",
         *extra,
     ]  # fmt: skip
 

@@ -73,7 +73,8 @@ def test_sasrec_gets_exactly_our_split(tmp_path):
     from recsys_bert.arguments import parse_args
     from recsys_bert.data import load_data
 
-    mode, test_users, num_items, train_rows = sasrec.write_recbole_data("movielens", tmp_path)
+    mode, test_users, num_items, train_rows, held_out = sasrec.write_recbole_data("movielens", tmp_path)
+    assert held_out == []
     assert mode == "inter"
     log = pd.read_csv(tmp_path / "movielens.inter", sep="\t")
     assert list(log.columns) == ["user_id:token", "item_id:token", "timestamp:float"]

@@ -81,7 +81,7 @@ def test_chinese_titles_train_recommend_and_publish_in_readable_utf8(shop, tmp_p
     run = tmp_path / "模型"
     flags = [*data, "--encoder_name_or_path", shop["encoder"], "--output_dir", str(run), "--finetune_layers", "-1",
              "--max_steps", "60", "--per_device_train_batch_size", "32", "--num_negatives", "16",
-             "--learning_rate", "3e-3", "--max_item_tokens", "16", "--eval_steps", "30",
+             "--learning_rate", "3e-3", "--max_item_tokens", "16", "--eval_steps", "30", "--projection_dim", "0",
              "--exclude_history"]  # fmt: skip
     reset_accelerate_state()
     results = train(*parse_args(flags))

@@ -232,3 +232,36 @@ def test_the_public_api_and_automodel_after_importing_recsys_bert(tiny, tmp_path
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_frozen_vectors_are_kept_on_disk_for_the_next_run_on_the_same_catalogue(tiny, tmp_path):
+    """The wholly frozen encoder's item vectors: computed once, read back equal by a later run; other weights or
+    other texts make another key, and a partly trained encoder's states are never written."""
+    from accelerate import Accelerator
+
+    from recsys_bert.catalogue import Catalogue
+    from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel
+
+    accelerator = Accelerator(cpu=True)
+    catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
+    model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, finetune_layers=0)).eval()
+    catalogue.compute_frozen_states(model, accelerator, batch_size=5, cache_dir=tmp_path)
+    written = list(tmp_path.glob("*.safetensors"))
+    assert len(written) == 1 and catalogue.frozen_states.shape == (12, model.config.encoder["hidden_size"])
+    again = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again instead of reading the cache")
+
+    again.encode = no_encoding
+    again.compute_frozen_states(model, accelerator, batch_size=5, cache_dir=tmp_path)
+    torch.testing.assert_close(again.frozen_states, catalogue.frozen_states, rtol=0, atol=0)
+    other_texts = Catalogue([[101, 8 + i, 102] for i in range(12)], pad_token_id=0)
+    other_texts.compute_frozen_states(model, accelerator, batch_size=5, cache_dir=tmp_path)
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.01)
+    catalogue.compute_frozen_states(model, accelerator, batch_size=5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    top = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny, finetune_layers=1)).eval()
+    catalogue.compute_frozen_states(top, accelerator, batch_size=5, cache_dir=tmp_path)
+    assert catalogue.frozen_states.dim() == 3 and len(list(tmp_path.glob("*.safetensors"))) == 3

@@ -269,3 +269,31 @@ def test_the_repeat_bias_learns_whether_users_pick_an_item_again(generic_files, 
     _train(tiny_train_args((items, log), tiny, run, *flags))
     bias = load_file(run / "model.safetensors")["repeat_bias"].item()  # in cosine units, from 0
     assert bias > 0.03 if repeaters else bias < -0.03
+
+
+def test_cold_items_are_held_out_of_training_and_reported_apart(generic_files, tiny, tmp_path):
+    """`--cold_item_fraction`: the same items held out for every seed, in no training row (target or history), and
+    test reported again on the users whose target is one of them."""
+    from recsys_bert.data import load_data
+
+    argv = tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "3", "--cold_item_fraction", "0.2",
+                           "--run_baselines", "true")  # fmt: skip
+    model_args, data_args, _ = parse_args(argv)
+    data = load_data(data_args, model_args.max_history, seed=1)
+    again = load_data(data_args, model_args.max_history, seed=2)
+    assert np.array_equal(data.held_out_items, again.held_out_items)
+    assert len(data.held_out_items) == round(0.2 * len(data.items))
+    trained_on = set(data.train["target"]) | {i for h in data.train["history"] for i in h}
+    assert not trained_on & set(data.held_out_items.tolist())
+    assert (data.train_item_counts[data.held_out_items] == 0).all()
+    cold_users = int(np.isin(data.test["target"], data.held_out_items).sum())
+    assert cold_users > 0
+    written = _train(argv)
+    cold = written["test_cold_items"]
+    assert cold["items"] == len(data.held_out_items) and cold["users"] == cold_users
+    ranks = json.loads((tmp_path / "test_ranks.json").read_text())
+    is_cold = np.isin(np.asarray(data.test["target"]), data.held_out_items)
+    for name in ("history_kept", "history_excluded"):
+        expected = ranking_metrics(np.asarray(ranks[name])[is_cold], [10])["ndcg@10"]
+        assert cold[name]["ndcg@10"] == pytest.approx(expected)
+        assert set(cold["baselines"]) == {"popularity", "zero_shot"}

@@ -59,7 +59,10 @@ def _args(items: Path, log: Path, output_dir: Path, *extra: str) -> list[str]:
         "--items", str(items), "--interactions", str(log), "--text_template", "{title}", "--output_dir",
         str(output_dir), "--per_device_train_batch_size", "32", "--num_negatives", "16", "--max_history", "10",
         "--max_item_tokens", "8", "--logging_steps", "10", "--run_baselines", "false", "--seed", "3",
-        "--learning_rate", "5e-3", "--encoder_learning_rate", "5e-3", "--exclude_history", "false", *extra,
+        "--learning_rate", "5e-3", "--encoder_learning_rate", "5e-3", "--exclude_history", "false",
+        # validated once at the end, no early stopping, no projection: not the defaults' recipe
+        "--projection_dim", "0", "--eval_steps", "0", "--early_stopping_patience", "0", "--max_train_minutes", "0",
+        *extra,
     ]  # fmt: skip
 
 

@@ -71,6 +71,10 @@ def check_settings(data_args: DataArguments, max_history: int) -> None:
         parse_time(data_args.train_since, "train_since")
         if data_args.data_format == "atomic":
             raise InputError("train_since: atomic files have no timestamps")
+    if not 0 <= data_args.cold_item_fraction < 1:
+        raise InputError(f"cold_item_fraction must be at least 0 and below 1, got {data_args.cold_item_fraction}")
+    if data_args.cold_item_fraction and data_args.data_format == "mind":
+        raise InputError("cold_item_fraction: MIND's impressions have no single target to hold out")
     if not 0 <= data_args.replay_fraction <= 1:
         raise InputError(f"replay_fraction must be between 0 and 1, got {data_args.replay_fraction}")
     if data_args.replay_fraction and data_args.train_since is None:

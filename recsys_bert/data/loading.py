@@ -11,7 +11,7 @@ from recsys_bert.arguments import DataArguments
 from recsys_bert.data import cache
 from recsys_bert.data.formats import check_settings, parse, source_files
 from recsys_bert.data.recdata import RecData
-from recsys_bert.data.splits import limit_eval_users, parse_time, rows_since
+from recsys_bert.data.splits import hold_out_items, limit_eval_users, parse_time, rows_since, training_item_counts
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ def load_data(data_args: DataArguments, max_history: int, seed: int = 42) -> Rec
     if data_args.train_since is not None:  # the new interactions (and a replay of the old); histories keep them all
         since = parse_time(data_args.train_since, "train_since")
         data.train = rows_since(data.train, since, data_args.replay_fraction, seed)
+    if data_args.cold_item_fraction > 0:  # after train_since: an update holds out the same items
+        data.train, data.held_out_items = hold_out_items(data.train, len(data.items), data_args.cold_item_fraction)
+        counts = training_item_counts(data.train, data.valid, len(data.items))
+        counts[data.held_out_items] = 0  # a user without training rows may have one in its valid history
+        data.train_item_counts = counts
+        logger.info("held out of training: %d items (cold_item_fraction %s), %d training rows left",
+                    len(data.held_out_items), data_args.cold_item_fraction, len(data.train))  # fmt: skip
     if data_args.max_eval_users > 0:
         data.valid, data.test = limit_eval_users(data.valid, data.test, data_args.max_eval_users, seed)
     return data

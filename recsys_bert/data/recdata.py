@@ -26,6 +26,7 @@ class RecData:
             target and the history before each user's first one: `splits.training_item_counts`).
         skipped: reason -> count of skipped rows or ids.
         name: short data set name for logs and the model card.
+        held_out_items: the items held out of training (`cold_item_fraction`), sorted; None when none are.
     """
 
     items: datasets.Dataset
@@ -35,6 +36,7 @@ class RecData:
     train_item_counts: np.ndarray
     skipped: dict[str, int]
     name: str
+    held_out_items: np.ndarray | None = None
 
     @property
     def is_impressions(self) -> bool:

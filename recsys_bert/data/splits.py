@@ -178,6 +178,31 @@ def rows_since(train: datasets.Dataset, since: float, replay_fraction: float, se
     return arrow_dataset(train.data.table.take(keep))
 
 
+COLD_ITEMS_SEED = 0  # the held-out items are the same for every training seed, and for the peers
+
+
+def hold_out_items(train: datasets.Dataset, num_items: int, fraction: float) -> tuple[datasets.Dataset, np.ndarray]:
+    """A random share `fraction` of the items (seeded, `COLD_ITEMS_SEED`) held out of training entirely: the
+    training rows whose target is one are dropped, and they are cut out of the other rows' histories (rows left with
+    no history are dropped too). Returns the rows left and the held-out items, sorted."""
+    rng = np.random.default_rng(COLD_ITEMS_SEED)
+    held_out = np.sort(rng.choice(num_items, round(fraction * num_items), replace=False)).astype(np.int64)
+    cold = np.zeros(num_items, dtype=bool)
+    cold[held_out] = True
+    table = train.data.table
+    table = table.filter(pa.array(~cold[table.column("target").to_numpy()]))
+    history = table.column("history").combine_chunks()
+    values = pc.list_flatten(history).to_numpy()
+    lengths = pc.list_value_length(history).to_numpy().astype(np.int64)
+    warm = ~cold[values]
+    rows = np.repeat(np.arange(len(lengths)), lengths)[warm]
+    starts, ends = row_bounds(rows, len(lengths))
+    table = table.set_column(table.schema.get_field_index("history"), "history",
+                             list_array(values[warm].astype(np.int32), starts, ends))  # fmt: skip
+    table = table.filter(pa.array(ends > starts))
+    return arrow_dataset(table), held_out
+
+
 def _id_order(ids: pd.Series) -> np.ndarray:
     """Each id's place in the sorted ids: numerically where every id is a number, else as strings."""
     numbers = pd.to_numeric(ids, errors="coerce")
