@@ -84,6 +84,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--runs_dir", default="runs/quality", help="Where the runs are (and are written).")
     parser.add_argument("--peers_dir", default="runs/peers", help="Where benchmarks/sasrec.py wrote its runs.")
     parser.add_argument("--machine", default="2-core CPU", help="The machine named in results.json.")
+    parser.add_argument(
+        "--train_flags",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="Flags for every train.py run (last on the line), e.g. --max_train_minutes 60.",
+    )
     parser.add_argument("--quick", action="store_true", help="MovieLens, 20 steps, 300 users, one seed, temporary.")
     return parser.parse_args()
 
@@ -262,7 +268,7 @@ def main() -> None:
     runs_dir = Path(tempfile.mkdtemp(prefix="quality-")) if args.quick else Path(args.runs_dir)
     data = ["movielens"] if args.quick else args.data
     seeds = args.seeds[:1] if args.quick else args.seeds
-    extra = QUICK_FLAGS if args.quick else []
+    extra = [*(QUICK_FLAGS if args.quick else []), *args.train_flags]
     reports = {name: data_report(name, args, runs_dir, seeds, extra) for name in data}
     for name, report in reports.items():
         print_report(name, report)

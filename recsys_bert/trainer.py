@@ -66,7 +66,8 @@ from recsys_bert.modeling import RecsysBertConfig, RecsysBertModel, load_model, 
 from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
-ZERO_SHOT_DECAYS = (1.0, 0.9, 0.7, 0.5, 0.3)  # the zero-shot mean's recency decays tried on valid
+# the zero-shot mean's recency decays tried on valid (0: the last item alone)
+ZERO_SHOT_DECAYS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0)
 
 
 @dataclass

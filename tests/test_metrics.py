@@ -162,3 +162,4 @@ def test_zero_shot_recency_weighted_mean():
     assert torch.allclose(scores[0], torch.tensor([1.0, 0.5, 0.0]) / 1.5)
     assert torch.allclose(scores[1], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(mean_history_scorer(vectors)(batch)[0], torch.tensor([0.5, 0.5, 0.0]))
+    assert torch.allclose(mean_history_scorer(vectors, decay=0.0)(batch)[0], torch.tensor([1.0, 0.0, 0.0]))  # last
