@@ -75,8 +75,8 @@ def quality_by_data(name: str, report: dict, path: Path) -> None:
         for curve in result["curves"]:
             if curve:
                 ax.plot(*zip(*curve), "-", lw=0.6, alpha=0.5, color=color)
-        ax.annotate(f"recsys-bert {variant} ({result['runs']} seeds; lines: valid)", (minutes, kept["mean"]),
-                    textcoords="offset points", xytext=(6, -12), fontsize=8)  # fmt: skip
+        ax.annotate(f"recsys-bert {variant} ({result['runs']} seeds; line: valid)", (minutes, kept["mean"]),
+                    textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8)  # fmt: skip
         top = max(top, kept["mean"], result["history_excluded"]["ndcg@10"]["mean"])
     sasrec = report["peers"].get("sasrec")
     if sasrec:
@@ -84,9 +84,9 @@ def quality_by_data(name: str, report: dict, path: Path) -> None:
         ax.plot([minutes], [sasrec["history_kept"]["ndcg@10"]["mean"]], "s", color="tab:red")
         ax.plot([minutes], [sasrec["history_excluded"]["ndcg@10"]["mean"]], "s", mfc="none", color="tab:red")
         fired = sum(sasrec["early_stopped"])
-        ax.annotate(f"SASRec (RecBole), {sasrec['runs']} seeds, early stop fired in {fired}",
+        ax.annotate(f"SASRec (RecBole), {sasrec['runs']} seeds, early stopping fired in {fired}",
                     (minutes, sasrec["history_kept"]["ndcg@10"]["mean"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)  # fmt: skip
+                    xytext=(-8, -14), ha="right", fontsize=8)  # fmt: skip
         top = max(top, sasrec["history_excluded"]["ndcg@10"]["mean"])
     for peer, color in (("zero_shot", "tab:green"), ("popularity", "tab:gray")):
         if peer in report["peers"]:
@@ -95,12 +95,12 @@ def quality_by_data(name: str, report: dict, path: Path) -> None:
     for label, row in report["published"].items():
         ax.axhline(row["ndcg@10"], ls=":", color="black", lw=0.8, label=f"{label}, published, history kept")
         top = max(top, row["ndcg@10"])
-    ax.set_xlabel("training wall time (minutes), 2 CPU cores")
+    ax.set_xlabel("training wall time (minutes), 2 CPU cores shared by the runs (RESULTS.md)")
     ax.set_ylabel("test NDCG@10, full ranking\n(filled: history kept; hollow: excluded)", fontsize=9)
     ax.set_title(f"{name}: {report['users']:,} test users, {report['items']:,} items")
     ax.set_xlim(left=0)
     ax.set_ylim(0, top * 1.25 if top else 0.1)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="lower center", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
