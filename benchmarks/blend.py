@@ -1,10 +1,12 @@
-"""A trained model's score plus beta x the zero-shot score: does the untrained encoder still know something the trained
-model lost?
+"""A trained model's score plus beta x the zero-shot score, added after training: does the untrained encoder still
+know something the trained model lost?
 
-For a saved run, every user is scored by the trained model (its logits, the repeat bias included) plus beta times the
-zero-shot recommender's cosine (user = the recency-weighted mean of the history's *untrained* item vectors, decay as
-`metrics.json` chose it on valid) over the score temperature. Each beta is evaluated on valid and test in both
-protocols; the beta with the best valid NDCG@10 (history kept) is the one to report.
+For a saved run trained without the text skip, the skip is switched on afterwards (`text_skip_weight` = beta,
+`text_skip_decay` = the zero-shot decay `metrics.json` chose on valid): every user is scored by the trained model
+(its logits, the repeat bias included) plus beta times the zero-shot recommender's cosine (user = the recency-weighted
+mean of the history's untrained item vectors) over the score temperature, in one dot product. Each beta is evaluated
+on valid and test in both protocols; the beta with the best valid NDCG@10 (history kept) is the one to report.
+Training with the skip (`train.py --text_skip_weight`) is the other way to have it.
 
     python benchmarks/blend.py --model runs/quality/scientific/frozen-s42 --config configs/scientific.yaml
 
@@ -28,9 +30,8 @@ from recsys_bert.catalogue import Catalogue  # noqa: E402
 from recsys_bert.collators import EvalCollator  # noqa: E402
 from recsys_bert.data import load_data, tokenize_items  # noqa: E402
 from recsys_bert.data.cache import cache_root  # noqa: E402
-from recsys_bert.evaluation import eval_loader, evaluate, mean_history_scorer, model_scorer  # noqa: E402
+from recsys_bert.evaluation import eval_loader, evaluate, model_scorer  # noqa: E402
 from recsys_bert.modeling import load_model  # noqa: E402
-from recsys_bert.trainer import zero_shot_item_vectors  # noqa: E402
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -48,17 +49,16 @@ def main() -> None:
     catalogue = Catalogue.from_items(tokenize_items(data.items, tokenizer, model.config.max_item_tokens),
                                      tokenizer.pad_token_id)  # fmt: skip
     accelerator = Accelerator(cpu=True)
+    if model.config.text_skip_weight:
+        raise SystemExit(f"{args.model} was trained with the text skip; blend a model trained without it")
     catalogue.compute_frozen_states(model, accelerator, 256, cache_dir=cache_root() / "frozen-states")
-    trained = model_scorer(model, catalogue.item_vectors(model, accelerator), accelerator)
-    zero_shot = mean_history_scorer(zero_shot_item_vectors(model, catalogue, accelerator, 256), decay)
+    model.config.text_skip_decay = decay
     collator = EvalCollator(model.config.max_history, full_history=True)
     loaders = {split: eval_loader(getattr(data, split), collator, 256, accelerator) for split in ("valid", "test")}
     found = {}
     for beta in args.betas:
-
-        def scorer(batch, beta=beta):
-            return trained(batch) + beta * zero_shot(batch) / model.config.score_temperature
-
+        model.config.text_skip_weight = beta
+        scorer = model_scorer(model, catalogue.item_vectors(model, accelerator), accelerator)
         found[beta] = {
             split: {name: {m: metrics[m] for m in ("ndcg@10", "recall@10", "mrr")} for name, metrics in
                     evaluate(scorer, loader, accelerator, [10], f"beta {beta} {split}").items()}

@@ -143,7 +143,7 @@ def project_training(model_args, data_args, train_args, args, device: torch.devi
     data = load_data(data_args, max_history=model_args.max_history, seed=train_args.seed)
     catalogue = Catalogue(tokenize_items(data.items, tokenizer, model_args.max_item_tokens)["input_ids"],
                           tokenizer.pad_token_id)  # fmt: skip
-    config = RecsysBertConfig(**vars(model_args))
+    config = RecsysBertConfig(**{**vars(model_args), "text_skip_weight": 0.0})  # steps train without the skip
     model = RecsysBertModel.from_encoder(config).to(device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision(device))
     catalogue.compute_frozen_states(model, accelerator, train_args.per_device_eval_batch_size)

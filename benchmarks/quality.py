@@ -43,7 +43,10 @@ import plots  # noqa: E402
 from recsys_bert.metrics import paired_bootstrap, paired_bootstrap_ratio, per_user  # noqa: E402
 
 VARIANTS = {
-    "frozen": [],  # the config as it is: frozen MiniLM (cached item vectors), MLP head, attention user tower
+    # the config as it is: frozen MiniLM (cached item vectors), MLP head, attention user tower, then the text skip
+    # (+ beta x the zero-shot cosine, beta chosen on valid after training)
+    "frozen": [],
+    "noskip": ["--text_skip_weight", "0"],  # the trained head alone
     "top1": ["--finetune_layers", "1"],  # the top encoder layer trains, the lower five are cached
     "all": ["--finetune_layers", "-1"],  # every encoder layer trains
     "text": ["--user_tower", "text", "--finetune_layers", "1"],  # the history's texts through the encoder

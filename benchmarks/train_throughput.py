@@ -243,7 +243,7 @@ def main() -> None:
     data = load_data(data_args, max_history=model_args.max_history, seed=train_args.seed)
     items = tokenize_items(data.items, tokenizer, model_args.max_item_tokens)
     catalogue = Catalogue(items["input_ids"], tokenizer.pad_token_id)
-    config = RecsysBertConfig(**vars(model_args))
+    config = RecsysBertConfig(**{**vars(model_args), "text_skip_weight": 0.0})  # steps train without the skip
     model = RecsysBertModel.from_encoder(config)
     naive_model = copy.deepcopy(model)
     print(

@@ -76,6 +76,21 @@ class ModelArguments:
         },
     )
     dropout: float = field(default=0.1, metadata={"help": "Dropout in the user tower."})
+    text_skip_weight: float = field(
+        default=-1.0,
+        metadata={
+            "help": "β of the text skip, added after training: the score gains β x the cosine of the item's pooled "
+            "encoder output with the recency-weighted mean of the history's (the zero-shot score), carried in the "
+            "same vectors. -1: chosen on valid from 0, .125, .25, .5, 1; 0: none."
+        },
+    )
+    text_skip_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Recency decay of the text skip's history mean (the j-th most recent item weighs decay**j); "
+            "default: the zero-shot baseline's decay chosen on valid."
+        },
+    )
 
 
 @dataclass

@@ -135,7 +135,7 @@ def model_scorer(model: RecsysBertModel, item_vectors: torch.Tensor, accelerator
 def user_vectors(
     model: RecsysBertModel, batch: dict[str, torch.Tensor], item_vectors: torch.Tensor, accelerator: Accelerator
 ) -> torch.Tensor:
-    """Unit user vectors `(users, dim)` of an `EvalCollator` batch, float32.
+    """User vectors `(users, dim)` of an `EvalCollator` batch (`RecsysBertModel.encode_users`), float32.
 
     Args:
         item_vectors (`(items, dim)`): the vectors `history_ids` index ('attention' user tower).

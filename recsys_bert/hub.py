@@ -57,7 +57,10 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, commit_
         The commit's URL.
     """
     folder = Path(folder)
-    for name in ("config.json", "model.safetensors", "README.md", f"{ITEM_ENCODER_FOLDER}/modules.json"):
+    names = ["config.json", "model.safetensors", "README.md"]
+    if (folder / "config.json").is_file() and has_item_encoder(json.loads((folder / "config.json").read_text())):
+        names.append(f"{ITEM_ENCODER_FOLDER}/modules.json")
+    for name in names:
         if not (folder / name).is_file():
             raise InputError(f"{folder}: {name} missing; push a folder written by train.py")
     api = HfApi()  # token: HF_TOKEN or the saved login
@@ -78,11 +81,19 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, commit_
 # ---------------------------------------------------------------- the item tower as a sentence-transformers model
 
 
+def has_item_encoder(model_config: dict) -> bool:
+    """Whether a model's item tower is a sentence-transformers pipeline: not with the text skip, whose item vector
+    is two separately normalised parts (no sentence-transformers module normalises part of a vector)."""
+    return not model_config.get("text_skip_weight")
+
+
 @torch.no_grad()
 def save_item_encoder(model: RecsysBertModel, tokenizer, target: Path) -> None:
     """Saves the item tower (encoder, pooling, projection, normalisation) as a sentence-transformers model, so that
     `SentenceTransformer(target).encode(texts)` gives the recommender's item vectors. Written beside `target` and
-    renamed into place."""
+    renamed into place; nothing is written for a model without one (`has_item_encoder`)."""
+    if not has_item_encoder(model.config.to_dict()):
+        return
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
     from transformers import AutoModel
@@ -289,6 +300,22 @@ def model_card(results: dict, settings: dict, model_config: dict, repo_id: str |
         if repo_id
         else f'folder = "{name}"  # the model folder'
     )
+    item_encoder_section = (
+        f"""The item tower alone is a sentence-transformers model in `{ITEM_ENCODER_FOLDER}/`:
+
+```python
+from huggingface_hub import snapshot_download
+from sentence_transformers import SentenceTransformer
+
+{download}
+item_encoder = SentenceTransformer(f"{{folder}}/{ITEM_ENCODER_FOLDER}")
+item_vectors = item_encoder.encode(["an item title", "another item"])  # the recommender's item vectors
+```
+"""
+        if has_item_encoder(model_config)
+        else "The item vectors carry the text skip (two separately normalised parts), so the item tower is not a "
+        "sentence-transformers pipeline: use `model.encode_items` as above.\n"
+    )
     config_flag = f"--data_format {settings['data_format']} --data_dir DATA_DIR" if settings.get("data_dir") else ""
     published = {key: public_name(value) for key, value in settings.items() if key != "output_dir"}
     terms = DATA_LICENSES.get(settings.get("data_format"))
@@ -340,17 +367,7 @@ python recommend.py --model {name} {config_flag} --split test --top_k 20 --outpu
 python recommend.py --model {name} --items items.csv --users users.jsonl --output recs.jsonl
 ```
 
-The item tower alone is a sentence-transformers model in `{ITEM_ENCODER_FOLDER}/`:
-
-```python
-from huggingface_hub import snapshot_download
-from sentence_transformers import SentenceTransformer
-
-{download}
-item_encoder = SentenceTransformer(f"{{folder}}/{ITEM_ENCODER_FOLDER}")
-item_vectors = item_encoder.encode(["an item title", "another item"])  # the recommender's item vectors
-```
-
+{item_encoder_section}
 ## Training settings
 
 ```yaml

@@ -1,11 +1,17 @@
 """The recommender: one text encoder embeds item texts; a user tower turns a history into a vector.
 
 API split the way training, evaluation and serving need it:
-- `encode_items`: item tokens (or their cached frozen states) -> unit item vectors.
+- `encode_items`: item tokens (or their cached frozen states) -> item vectors.
 - `encode_users`: history item vectors ('attention' tower) or the history's concatenated tokens ('text' tower)
-  -> unit user vectors.
+  -> user vectors.
 - `score`: (dot(user, item) + repeat bias if the item is in the user's history) / score_temperature, the logits of
   the softmax over candidates.
+
+The text skip (`text_skip_weight` β > 0) adds to the trained score β times the untrained-style one: the cosine of the
+item's pooled encoder output with the recency-weighted mean (`text_skip_decay`) of the history's. Both parts live in
+one vector, `[unit head vector, √β · unit pooled vector]` for items and `[unit user vector, √β · mean of the history's
+pooled parts]` for users, so a single dot product scores both (ranking, caches and indexes are unchanged). The trained
+head then learns what the text similarity misses, and keeps what the encoder knew.
 
 `finetune_layers` splits the encoder (`recsys_bert.encoders`) into a frozen lower part, whose output for every item
 can be computed once and cached (`frozen_states`), and a trained upper part that runs each step. Also here: saving a
@@ -60,6 +66,8 @@ class RecsysBertConfig(PretrainedConfig):
         score_temperature: float = 0.05,
         finetune_layers: int = 0,
         dropout: float = 0.1,
+        text_skip_weight: float = 0.0,
+        text_skip_decay: float | None = None,
         updated_from: list[dict] | None = None,
         **kwargs,
     ):
@@ -78,17 +86,23 @@ class RecsysBertConfig(PretrainedConfig):
         self.score_temperature = score_temperature
         self.finetune_layers = finetune_layers
         self.dropout = dropout
+        self.text_skip_weight = text_skip_weight
+        self.text_skip_decay = text_skip_decay
         self.updated_from = updated_from
         super().__init__(**kwargs)
         if pooling not in ("mean", "cls", None):  # None: the encoder's own, set by `from_encoder`
             raise InputError(f"model config, field 'pooling': {pooling!r} is not 'mean' or 'cls'")
         if user_tower not in ("attention", "text"):
             raise InputError(f"model config, field 'user_tower': {user_tower!r} is not 'attention' or 'text'")
+        if text_skip_weight < 0:
+            raise InputError(f"model config, field 'text_skip_weight': {text_skip_weight} is negative")
+        if text_skip_decay is not None and not 0 <= text_skip_decay <= 1:
+            raise InputError(f"model config, field 'text_skip_decay': {text_skip_decay} not in 0..1")
 
 
 @dataclass
 class RecsysBertOutput(ModelOutput):
-    """What a training step needs: unit vectors of the users, their positives and the negatives."""
+    """What a training step needs: the vectors of the users, their positives and the negatives."""
 
     user_vectors: torch.Tensor | None = None  # (batch, dim)
     positive_vectors: torch.Tensor | None = None  # (batch, dim)
@@ -245,9 +259,14 @@ class RecsysBertModel(PreTrainedModel):
         input_ids: torch.Tensor | None = None,
         frozen_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unit item vectors `(n, dim)` from item tokens or their cached frozen states."""
+        """Item vectors from item tokens or their cached frozen states: `(n, dim)` unit vectors, or `(n, dim +
+        hidden)` with the text skip (each part a unit vector, the second times √β)."""
         pooled = self.encode_texts(attention_mask, input_ids=input_ids, frozen_states=frozen_states)  # (n, hidden)
-        return F.normalize(self.projection(pooled), dim=-1)  # (n, dim)
+        items = F.normalize(self.projection(pooled), dim=-1)  # (n, dim)
+        if not self.config.text_skip_weight:
+            return items
+        skip = self.config.text_skip_weight**0.5 * F.normalize(pooled, dim=-1)  # (n, hidden)
+        return torch.cat([items, skip], dim=-1)  # (n, dim + hidden)
 
     def encode_users(
         self,
@@ -256,10 +275,12 @@ class RecsysBertModel(PreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unit user vectors `(batch, dim)`.
+        """User vectors `(batch, dim)`, unit, or `(batch, dim + hidden)` with the text skip (the unit user vector,
+        then the recency-weighted mean of the history's skip parts; the 'text' tower: of the history text's).
 
         Args:
-            history_vectors (`(batch, length, dim)`): 'attention' tower: the history's item vectors, most recent first.
+            history_vectors (`(batch, length, dim)` or `(batch, length, dim + hidden)`): 'attention' tower: the
+                history's item vectors (`encode_items`), most recent first.
             history_mask (`(batch, length)` bool): which history positions hold an item.
             input_ids, attention_mask (`(batch, tokens)`): 'text' tower: the history's texts, most recent first.
         """
@@ -267,14 +288,24 @@ class RecsysBertModel(PreTrainedModel):
             return self.encode_items(attention_mask, input_ids=input_ids)
         # the catalogue's item vectors are float32; a model computing in bf16 without autocast (DeepSpeed, FSDP2's
         # gathered parameters) takes them in its own dtype
-        history_vectors = history_vectors.to(self.user_token.dtype)  # (batch, length, dim)
-        batch, length, dim = history_vectors.shape
+        history_vectors = history_vectors.to(self.user_token.dtype)  # (batch, length, dim [+ hidden])
+        dim = self.user_token.shape[0]
+        skip = history_vectors[..., dim:]  # (batch, length, hidden) with the text skip, else empty
+        history_vectors = history_vectors[..., :dim]  # (batch, length, dim)
+        batch, length, _ = history_vectors.shape
         tokens = torch.cat([self.user_token.expand(batch, 1, dim), history_vectors], dim=1)  # (batch, 1 + length, dim)
         positions = torch.arange(length + 1, device=tokens.device)
         hidden = tokens + self.recency_embeddings(positions)  # (batch, 1 + length, dim)
         mask = torch.cat([history_mask.new_ones(batch, 1), history_mask], dim=1)  # (batch, 1 + length)
         hidden = self.user_encoder(hidden, src_key_padding_mask=~mask)  # (batch, 1 + length, dim)
-        return F.normalize(self.user_pooling(hidden, mask), dim=-1)  # (batch, dim)
+        users = F.normalize(self.user_pooling(hidden, mask), dim=-1)  # (batch, dim)
+        if not self.config.text_skip_weight:
+            return users
+        decay = 1.0 if self.config.text_skip_decay is None else self.config.text_skip_decay
+        ages = torch.arange(length, device=skip.device, dtype=skip.dtype)  # (length,)
+        weights = history_mask.to(skip.dtype) * decay**ages  # (batch, length); the j-th most recent weighs decay**j
+        mean = torch.einsum("bl,blh->bh", weights, skip) / weights.sum(1, keepdim=True).clamp(min=1e-12)
+        return torch.cat([users, mean], dim=-1)  # (batch, dim + hidden)
 
     def _encode_step_items(
         self, attention_mask: torch.Tensor, input_ids: torch.Tensor, frozen_states: torch.Tensor | None
@@ -309,7 +340,7 @@ class RecsysBertModel(PreTrainedModel):
         their softmax is the click probability.
 
         Args:
-            user_vectors (`(users, dim)`), item_vectors (`(items, dim)`): unit vectors.
+            user_vectors (`(users, dim)`), item_vectors (`(items, dim)`): from `encode_users` and `encode_items`.
             history_ids (`(users, length)`): the catalogue indices of each user's recent history (-1 = padding), the
                 history the user vectors were computed from; `None` leaves the repeat term out. The bias is a part
                 of the model and covers what the model sees, the last `max_history` items; excluding the history
@@ -335,8 +366,8 @@ class RecsysBertModel(PreTrainedModel):
         float rounding): for re-scoring an index's candidates, or one user's recommendations by several user vectors.
 
         Args:
-            user_vectors (`(users, dim)`): unit vectors.
-            candidate_vectors (`(users, n, dim)`): each user's candidates' unit vectors.
+            user_vectors (`(users, dim)`): from `encode_users`.
+            candidate_vectors (`(users, n, dim)`): each user's candidates' vectors (`encode_items`).
             candidate_ids (`(users, n)`): their catalogue indices, which the repeat bias looks up in `history_ids`.
             history_ids (`(users, length)`): as for `score` (-1 = padding); `None` leaves the repeat term out.
         """

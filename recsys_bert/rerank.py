@@ -1,7 +1,7 @@
 """Diversifying re-ranking of each user's best candidates: maximal marginal relevance or a determinantal point process.
 
 Both take the candidates' relevance in cosine units (the logit times `score_temperature`: dot(user, item) plus the
-repeat bias, on the same scale as the similarity of two items) and the candidates' unit item vectors, and pick `k`
+repeat bias, on the scale of the similarity of two items) and the candidates' unit item vectors, and pick `k`
 of them greedily, batched over users. `diversity_lambda` weighs relevance against diversity: 1 is the plain top-K,
 0 diversity alone (after the first, most relevant item).
 """
@@ -103,7 +103,8 @@ def rerank(
 
     Args:
         logits (`(users, n)`), index (`(users, n)`): the candidates' logits and catalogue indices.
-        vectors (`(items, dim)`): the catalogue's unit item vectors.
+        vectors (`(items, dim)`): the catalogue's item vectors (normalised here: with the text skip they are two
+            parts of norm 1 and √β, and the similarity of two items is the cosine of the whole vectors).
 
     Returns:
         The picks' logits and indices `(users, k)`, in the re-ranked order.
@@ -114,5 +115,6 @@ def rerank(
         raise ValueError(f"diversity_lambda {diversity_lambda}: must be between 0 and 1")
     relevance = logits.float() * score_temperature  # (users, n), cosine units
     choose = mmr if method == "mmr" else dpp
-    order = choose(relevance, vectors[index].float(), k, diversity_lambda)  # (users, k)
+    candidates = torch.nn.functional.normalize(vectors[index].float(), dim=-1)  # (users, n, dim)
+    order = choose(relevance, candidates, k, diversity_lambda)  # (users, k)
     return logits.gather(1, order), index.gather(1, order)

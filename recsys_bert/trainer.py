@@ -68,6 +68,8 @@ from recsys_bert.utils import InputError, Interrupted, one_line, write_json_atom
 logger = logging.getLogger(__name__)
 # the zero-shot mean's recency decays tried on valid (0: the last item alone)
 ZERO_SHOT_DECAYS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0)
+# the text skip's weights tried on valid after training (`text_skip_weight` -1), the first of equals kept
+TEXT_SKIP_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0)
 
 
 @dataclass
@@ -159,13 +161,18 @@ class Trainer:
             raise InputError(f"{data.name}: no training rows (see what was skipped above); nothing to train on")
         self.catalogue = Catalogue.from_items(items, self.tokenizer.pad_token_id)
 
+        # the head trains without the text skip; the skip is added after training (`_text_skip`)
+        self.text_skip_weight = model_args.text_skip_weight
+        if self.text_skip_weight < 0 and self.text_skip_weight != -1:
+            raise InputError(f"text_skip_weight: {self.text_skip_weight} is negative (-1: chosen on valid)")
         if initial is None:
-            self.config = config = RecsysBertConfig(**vars(model_args))
+            self.config = config = RecsysBertConfig(**{**vars(model_args), "text_skip_weight": 0.0})
             model = RecsysBertModel.from_encoder(config).to(accelerator.device)
         else:  # the saved model says what it was updated from, a chain of updates in order
             self.config = config = initial.config
             record = update_record(args.init_from, initial, data, data_args)
             config.updated_from = [*(config.updated_from or []), record]
+            config.text_skip_weight = 0.0
             initial.set_trainable()  # from_pretrained leaves every parameter trainable
             model = initial.to(accelerator.device)
         if len(data.valid) == 0 and accelerator.is_main_process:
@@ -275,7 +282,11 @@ class Trainer:
         vectors = self._zero_shot_vectors() if args.run_baselines or not self.data.is_impressions else None
         if not self.data.is_impressions:  # impressions have no top-K lists
             self.item_statistics = item_statistics(self.data, self.data_args, vectors)
-        baselines = self._baselines(vectors) if args.run_baselines else {}
+        skip_decay_unset = self.text_skip_weight != 0 and self.config.text_skip_decay is None
+        decay = self._zero_shot_decay(vectors) if args.run_baselines or skip_decay_unset else 1.0
+        if skip_decay_unset:  # the text skip's history mean weighs the history as the best zero-shot mean does
+            self.config.text_skip_decay = decay
+        baselines = self._baselines(vectors, decay) if args.run_baselines else {}
         if args.resume_from_checkpoint:
             self._resume(args.resume_from_checkpoint)
         loop_start = time.perf_counter()
@@ -290,13 +301,12 @@ class Trainer:
                 accelerator.unwrap_model(self.model), self.catalogue, accelerator, self.args.per_device_eval_batch_size
             )
 
-    def _baselines(self, vectors: torch.Tensor) -> dict:
+    def _baselines(self, vectors: torch.Tensor, decay: float) -> dict:
         """Popularity and the untrained encoder (zero-shot: user = recency-weighted mean of the history's item
-        `vectors`, the decay chosen on valid) on test, in both protocols, as the model is; their per-user ranks kept
-        for the paired comparison with the model."""
+        `vectors`, the `decay` chosen on valid) on test, in both protocols, as the model is; their per-user ranks
+        kept for the paired comparison with the model."""
         data, accelerator = self.data, self.accelerator
         popularity = popularity_scorer(data.item_counts_before("test"), accelerator.device)  # valid is known too
-        decay = self._zero_shot_decay(vectors)
         baselines = {}
         for name, scorer in (("popularity", popularity), ("zero_shot", mean_history_scorer(vectors, decay))):
             baselines[name], self.baseline_ranks[name] = self._evaluate(scorer, self.test_loader, name)
@@ -305,7 +315,7 @@ class Trainer:
 
     def _zero_shot_decay(self, vectors: torch.Tensor) -> float:
         """The zero-shot mean's recency decay with the best valid `metric_for_best_model` (1 = the plain mean)."""
-        if self.data.is_impressions:
+        if self.data.is_impressions or not len(self.data.valid):
             return 1.0
         found = {}
         for decay in ZERO_SHOT_DECAYS:
@@ -467,12 +477,15 @@ class Trainer:
         # what config.json publishes: a local encoder folder by its name (the encoder itself is in the weights)
         best_model.config.encoder_name_or_path = public_name(self.config.encoder_name_or_path)
         best_model.to(accelerator.device)
+        valid_metrics = next((h["metrics"] for h in state.history if h["step"] == state.best_step), {})
+        text_skip = self._text_skip(best_model, valid_metrics)
+        valid_metrics = text_skip.pop("valid_metrics")  # the saved model's: with its text skip
         item_vectors = self.catalogue.item_vectors(best_model, accelerator, args.per_device_eval_batch_size)
         scorer = model_scorer(best_model, item_vectors, accelerator)
         test_metrics, test_ranks = self._evaluate(scorer, self.test_loader, "Test")
-        valid_metrics = next((h["metrics"] for h in state.history if h["step"] == state.best_step), {})
         results = {
             "valid": valid_metrics,
+            "text_skip": text_skip,
             "test": test_metrics,
             "baselines": baselines,
             "comparisons": self._comparisons(test_ranks),
@@ -510,6 +523,33 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
+
+    def _text_skip(self, model: RecsysBertModel, head_valid: dict) -> dict:
+        """Adds the text skip to the trained `model` (its config): the asked weight, or with -1 the one of
+        `TEXT_SKIP_WEIGHTS` with the best valid `metric_for_best_model` (`head_valid`: the head's own metrics, at
+        weight 0). Returns what `metrics.json` records, and the valid metrics at the weight (`valid_metrics`)."""
+        args, asked = self.args, self.text_skip_weight
+        can_validate = bool(len(self.data.valid) and head_valid)
+        found, metrics_of = {}, {0.0: head_valid}
+        if asked < 0 and can_validate:
+            found[0.0] = self._selected(head_valid)[args.metric_for_best_model]
+        for weight in (TEXT_SKIP_WEIGHTS[1:] if asked < 0 else [asked] if asked > 0 else []) if can_validate else []:
+            model.config.text_skip_weight = weight
+            vectors = self.catalogue.item_vectors(model, self.accelerator, args.per_device_eval_batch_size)
+            scorer = model_scorer(model, vectors, self.accelerator)
+            metrics_of[weight], _ = self._evaluate(scorer, self.valid_loader, f"Text skip {weight}")
+            found[weight] = self._selected(metrics_of[weight])[args.metric_for_best_model]
+        # the first of equals, the smaller weight; -1 with no validation to choose on: no skip
+        weight = (max(found, key=found.get) if found else 0.0) if asked < 0 else asked
+        model.config.text_skip_weight = self.config.text_skip_weight = weight
+        if not weight:
+            model.config.text_skip_decay = self.config.text_skip_decay = None
+        if self.accelerator.is_main_process:
+            shown = json.dumps({str(w): round(v, 4) for w, v in found.items()})
+            logger.info("Text skip: weight %g, recency decay %s (valid %s by weight: %s)", weight,
+                        model.config.text_skip_decay, args.metric_for_best_model, shown)  # fmt: skip
+        return {"weight": weight, "decay": model.config.text_skip_decay, "valid_by_weight": found,
+                "valid_metrics": metrics_of.get(weight, {})}  # fmt: skip
 
     def _cold_items(self, test_ranks: dict) -> dict:
         """Test on the users whose target was held out of training (`cold_item_fraction`), the model's and the

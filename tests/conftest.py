@@ -79,7 +79,7 @@ def tiny_train_args(generic_files, tiny: str, output_dir, *extra: str) -> list[s
         "--max_item_tokens", "16", "--logging_steps", "5", "--run_baselines", "false", "--seed", "3",
         # one epoch, validated at its end, at the tests' settings (not the defaults' 15 epochs): flags in extra win
         "--projection_dim", "0", "--learning_rate", "1e-3", "--num_train_epochs", "1", "--eval_steps", "0",
-        "--early_stopping_patience", "0", "--max_train_minutes", "0",
+        "--early_stopping_patience", "0", "--max_train_minutes", "0", "--text_skip_weight", "0",
         *extra,
     ]  # fmt: skip
 

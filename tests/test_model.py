@@ -77,6 +77,38 @@ def test_save_and_load_give_identical_scores(tiny, tmp_path):
     torch.testing.assert_close(older.score(users, items, history), users @ items.T / model.config.score_temperature)
 
 
+@pytest.mark.parametrize("user_tower", ["attention", "text"])
+def test_the_text_skip_adds_beta_times_the_pooled_cosine_to_the_trained_score(tiny, user_tower):
+    torch.manual_seed(0)
+    plain = RecsysBertModel.from_encoder(
+        RecsysBertConfig(encoder_name_or_path=tiny, projection_dim=16, user_tower=user_tower)
+    ).eval()
+    config = RecsysBertConfig(encoder_name_or_path=tiny, projection_dim=16, user_tower=user_tower,
+                              text_skip_weight=0.25, text_skip_decay=0.5)  # fmt: skip
+    skip = RecsysBertModel.from_encoder(config).eval()
+    skip.load_state_dict(plain.state_dict())  # the same weights: the skip adds no parameter
+    input_ids, mask = _tokens(tiny)
+    with torch.no_grad():
+        items, items_skip = plain.encode_items(mask, input_ids=input_ids), skip.encode_items(mask, input_ids=input_ids)
+        pooled = torch.nn.functional.normalize(plain.encode_texts(mask, input_ids=input_ids), dim=-1)  # (3, 32)
+        assert items_skip.shape == (3, 16 + 32)
+        torch.testing.assert_close(items_skip[:, :16], items)
+        if user_tower == "attention":
+            history, history_mask = torch.tensor([[2, 1, 0], [1, 0, 0]]), torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()
+            users = plain.encode_users(items[history], history_mask)
+            users_skip = skip.encode_users(items_skip[history], history_mask)
+            weights = history_mask * torch.tensor([1.0, 0.5, 0.25])  # the j-th most recent weighs 0.5 ** j
+            means = (pooled[history] * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)  # (2, 32)
+        else:
+            users, users_skip = (
+                plain.encode_users(input_ids=input_ids, attention_mask=mask),
+                skip.encode_users(input_ids=input_ids, attention_mask=mask),
+            )
+            means = pooled
+        expected = plain.score(users, items) + 0.25 * means @ pooled.T / config.score_temperature
+        torch.testing.assert_close(skip.score(users_skip, items_skip), expected)
+
+
 def test_user_without_history_gets_a_finite_vector(tiny):
     model = RecsysBertModel.from_encoder(RecsysBertConfig(encoder_name_or_path=tiny)).eval()
     users = model.encode_users(torch.randn(2, 3, 32), torch.zeros(2, 3, dtype=torch.bool))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from recsys_bert.arguments import parse_args
 from recsys_bert.metrics import ranking_metrics
-from recsys_bert.trainer import ZERO_SHOT_DECAYS, train
+from recsys_bert.trainer import TEXT_SKIP_WEIGHTS, ZERO_SHOT_DECAYS, train
 from tests.conftest import REPO_ROOT, flat, reset_accelerate_state, tiny_train_args
 
 ML = REPO_ROOT / "data" / "ml-latest-small"
@@ -52,7 +52,7 @@ def test_training_beats_the_untrained_model_and_popularity(popular_movies_files,
         "--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}",
         "--finetune_layers", "0", "--projection_dim", "64", "--max_history", "20", "--max_item_tokens", "24",
         "--exclude_history", "--per_device_train_batch_size", "128", "--num_negatives", "128", "--max_steps", "200",
-        "--seed", "1",
+        "--seed", "1", "--text_skip_weight", "0",  # the training alone (the skip adds the untrained encoder's score)
     ]  # fmt: skip
     untrained = _train(
         [*argv, "--output_dir", str(tmp_path / "a"), "--learning_rate", "0", "--run_baselines", "false"]
@@ -155,7 +155,8 @@ def test_gradient_accumulation_of_3_sees_every_batch_of_every_epoch_and_resumes_
 
 
 @pytest.mark.latest
-def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tiny, tmp_path):
+@pytest.mark.parametrize("text_skip", ["0", "0.5", "-1"])
+def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tiny, tmp_path, text_skip):
     from accelerate import Accelerator
     from transformers import AutoTokenizer
 
@@ -165,11 +166,25 @@ def test_saved_model_reloads_to_the_scores_it_was_tested_with(generic_files, tin
     from recsys_bert.evaluation import eval_loader, evaluate, model_scorer
     from recsys_bert.modeling import RecsysBertModel
 
-    extra = ("--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16")
+    extra = ("--max_steps", "3", "--finetune_layers", "1", "--projection_dim", "16", "--text_skip_weight", text_skip)
     argv = tiny_train_args(generic_files, tiny, tmp_path, *extra)
     written = _train(argv)
     model = RecsysBertModel.from_pretrained(tmp_path).eval()
     assert model.config.finetune_layers == 1 and model.config.projection_dim == 16
+    # the head trained alone; then the skip was added at the asked weight, or (-1) the one chosen on valid
+    weight = model.config.text_skip_weight
+    assert weight == (
+        float(text_skip)
+        if text_skip != "-1"
+        else max(written["text_skip"]["valid_by_weight"], key=written["text_skip"]["valid_by_weight"].get)
+    )
+    assert written["text_skip"]["weight"] == weight and (text_skip != "-1" or weight in TEXT_SKIP_WEIGHTS)
+    if weight:  # its decay, left unset, is the one the zero-shot mean chose on valid (not run as a baseline)
+        assert model.config.text_skip_decay in ZERO_SHOT_DECAYS and not written.get("baselines")
+        assert (
+            not (tmp_path / "item_encoder").exists()
+            and "not a sentence-transformers pipeline" in (tmp_path / "README.md").read_text()
+        )
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     _, data_args, args = parse_args(argv)
     data = load_data(data_args, max_history=model.config.max_history)

@@ -62,6 +62,7 @@ def _args(items: Path, log: Path, output_dir: Path, *extra: str) -> list[str]:
         "--learning_rate", "5e-3", "--encoder_learning_rate", "5e-3", "--exclude_history", "false",
         # validated once at the end, no early stopping, no projection: not the defaults' recipe
         "--projection_dim", "0", "--eval_steps", "0", "--early_stopping_patience", "0", "--max_train_minutes", "0",
+        "--text_skip_weight", "0",
         *extra,
     ]  # fmt: skip
 
