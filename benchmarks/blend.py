@@ -6,9 +6,10 @@ For a saved run trained without the text skip, the skip is switched on afterward
 (its logits, the repeat bias included) plus beta times the zero-shot recommender's cosine (user = the recency-weighted
 mean of the history's untrained item vectors) over the score temperature, in one dot product. Each beta is evaluated
 on valid and test in both protocols; the beta with the best valid NDCG@10 (history kept) is the one to report.
-Training with the skip (`train.py --text_skip_weight`) is the other way to have it.
+`train.py` does the same at the end of every run (`--text_skip_weight -1`, its own grid); this script shows a
+wider grid and test figures for a run trained with `--text_skip_weight 0`.
 
-    python benchmarks/blend.py --model runs/quality/scientific/frozen-s42 --config configs/scientific.yaml
+    python benchmarks/blend.py --model runs/quality/scientific/noskip-s42 --config configs/scientific.yaml
 
 Nothing is trained; the last line of stdout is one JSON object.
 """

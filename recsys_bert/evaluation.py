@@ -27,7 +27,7 @@ from recsys_bert.metrics import (
     ranking_metrics,
     target_ranks,
 )
-from recsys_bert.modeling import RecsysBertModel
+from recsys_bert.modeling import RecsysBertModel, recency_mean
 
 Scorer = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # batch -> (users, items) scores
 
@@ -161,10 +161,7 @@ def mean_history_scorer(item_vectors: torch.Tensor, decay: float = 1.0) -> Score
 
     def scorer(batch):
         history = batch["history_ids"]  # (users, max_history), most recent first
-        ages = torch.arange(history.shape[1], device=history.device, dtype=torch.float32)  # (max_history,)
-        weights = (history >= 0).float() * decay**ages  # (users, max_history)
-        users = (item_vectors[history.clamp(min=0)] * weights.unsqueeze(-1)).sum(1)  # (users, dim)
-        users = users / weights.sum(1, keepdim=True).clamp(min=1e-12)
+        users = recency_mean(item_vectors[history.clamp(min=0)], history >= 0, decay)  # (users, dim)
         return users @ item_vectors.T  # (users, items)
 
     return scorer

@@ -392,7 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hub_private", action="store_true", help="Create the repo private.")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
-    if not (folder / "item_encoder" / "modules.json").is_file() and (folder / "config.json").is_file():
+    config_file = folder / "config.json"
+    if (not (folder / ITEM_ENCODER_FOLDER / "modules.json").is_file() and config_file.is_file()
+            and has_item_encoder(json.loads(config_file.read_text()))):  # fmt: skip
         model, tokenizer = load_model(str(folder))
         save_item_encoder(model, tokenizer, folder / ITEM_ENCODER_FOLDER)
     if (folder / "metrics.json").is_file() and (folder / "config.yaml").is_file():

@@ -10,8 +10,8 @@ API split the way training, evaluation and serving need it:
 The text skip (`text_skip_weight` β > 0) adds to the trained score β times the untrained-style one: the cosine of the
 item's pooled encoder output with the recency-weighted mean (`text_skip_decay`) of the history's. Both parts live in
 one vector, `[unit head vector, √β · unit pooled vector]` for items and `[unit user vector, √β · mean of the history's
-pooled parts]` for users, so a single dot product scores both (ranking, caches and indexes are unchanged). The trained
-head then learns what the text similarity misses, and keeps what the encoder knew.
+pooled parts]` for users, so a single dot product scores both (ranking, caches and indexes are unchanged). The
+trainer adds it after training (the head trains alone): an ensemble of the trained and the untrained view.
 
 `finetune_layers` splits the encoder (`recsys_bert.encoders`) into a frozen lower part, whose output for every item
 can be computed once and cached (`frozen_states`), and a trained upper part that runs each step. Also here: saving a
@@ -302,10 +302,7 @@ class RecsysBertModel(PreTrainedModel):
         if not self.config.text_skip_weight:
             return users
         decay = 1.0 if self.config.text_skip_decay is None else self.config.text_skip_decay
-        ages = torch.arange(length, device=skip.device, dtype=skip.dtype)  # (length,)
-        weights = history_mask.to(skip.dtype) * decay**ages  # (batch, length); the j-th most recent weighs decay**j
-        mean = torch.einsum("bl,blh->bh", weights, skip) / weights.sum(1, keepdim=True).clamp(min=1e-12)
-        return torch.cat([users, mean], dim=-1)  # (batch, dim + hidden)
+        return torch.cat([users, recency_mean(skip, history_mask, decay)], dim=-1)  # (batch, dim + hidden)
 
     def _encode_step_items(
         self, attention_mask: torch.Tensor, input_ids: torch.Tensor, frozen_states: torch.Tensor | None
@@ -411,6 +408,14 @@ class RecsysBertModel(PreTrainedModel):
             negative_vectors=item_vectors[negative_index],  # (negatives, dim) or (batch, negatives, dim)
             repeat_bias=self.repeat_bias * 1,  # taken in forward, where FSDP holds the whole parameter
         )
+
+
+def recency_mean(vectors: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """`(batch, dim)`: the weighted mean of a history's `vectors` `(batch, length, dim)`, most recent first, the j-th
+    weighted `decay ** j` (1 = the plain mean); `mask` `(batch, length)` marks the positions that hold an item."""
+    ages = torch.arange(vectors.shape[1], device=vectors.device, dtype=vectors.dtype)  # (length,)
+    weights = mask.to(vectors.dtype) * decay**ages  # (batch, length)
+    return torch.einsum("bl,bld->bd", weights, vectors) / weights.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def item_positions(item_index: torch.Tensor, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -478,9 +478,8 @@ class Trainer:
         best_model.config.encoder_name_or_path = public_name(self.config.encoder_name_or_path)
         best_model.to(accelerator.device)
         valid_metrics = next((h["metrics"] for h in state.history if h["step"] == state.best_step), {})
-        text_skip = self._text_skip(best_model, valid_metrics)
+        text_skip, item_vectors = self._text_skip(best_model, valid_metrics)
         valid_metrics = text_skip.pop("valid_metrics")  # the saved model's: with its text skip
-        item_vectors = self.catalogue.item_vectors(best_model, accelerator, args.per_device_eval_batch_size)
         scorer = model_scorer(best_model, item_vectors, accelerator)
         test_metrics, test_ranks = self._evaluate(scorer, self.test_loader, "Test")
         results = {
@@ -524,19 +523,28 @@ class Trainer:
         accelerator.end_training()
         return results
 
-    def _text_skip(self, model: RecsysBertModel, head_valid: dict) -> dict:
+    def _text_skip(self, model: RecsysBertModel, head_valid: dict) -> tuple[dict, torch.Tensor]:
         """Adds the text skip to the trained `model` (its config): the asked weight, or with -1 the one of
         `TEXT_SKIP_WEIGHTS` with the best valid `metric_for_best_model` (`head_valid`: the head's own metrics, at
-        weight 0). Returns what `metrics.json` records, and the valid metrics at the weight (`valid_metrics`)."""
+        weight 0). Returns what `metrics.json` records, with the valid metrics at the weight (`valid_metrics`), and
+        the catalogue's item vectors at the weight. The catalogue is encoded once: a weight only scales the skip
+        part."""
         args, asked = self.args, self.text_skip_weight
+        model.config.text_skip_weight = 1.0
+        full = self.catalogue.item_vectors(model, self.accelerator, args.per_device_eval_batch_size)  # (items, d + h)
+        head_width = full.shape[1] - model.encoder.config.hidden_size
+
+        def vectors_at(weight: float) -> torch.Tensor:
+            return torch.cat([full[:, :head_width], weight**0.5 * full[:, head_width:]], dim=1) if weight else (
+                full[:, :head_width])  # fmt: skip
+
         can_validate = bool(len(self.data.valid) and head_valid)
         found, metrics_of = {}, {0.0: head_valid}
         if asked < 0 and can_validate:
             found[0.0] = self._selected(head_valid)[args.metric_for_best_model]
         for weight in (TEXT_SKIP_WEIGHTS[1:] if asked < 0 else [asked] if asked > 0 else []) if can_validate else []:
             model.config.text_skip_weight = weight
-            vectors = self.catalogue.item_vectors(model, self.accelerator, args.per_device_eval_batch_size)
-            scorer = model_scorer(model, vectors, self.accelerator)
+            scorer = model_scorer(model, vectors_at(weight), self.accelerator)
             metrics_of[weight], _ = self._evaluate(scorer, self.valid_loader, f"Text skip {weight}")
             found[weight] = self._selected(metrics_of[weight])[args.metric_for_best_model]
         # the first of equals, the smaller weight; -1 with no validation to choose on: no skip
@@ -548,8 +556,9 @@ class Trainer:
             shown = json.dumps({str(w): round(v, 4) for w, v in found.items()})
             logger.info("Text skip: weight %g, recency decay %s (valid %s by weight: %s)", weight,
                         model.config.text_skip_decay, args.metric_for_best_model, shown)  # fmt: skip
-        return {"weight": weight, "decay": model.config.text_skip_decay, "valid_by_weight": found,
-                "valid_metrics": metrics_of.get(weight, {})}  # fmt: skip
+        record = {"weight": weight, "decay": model.config.text_skip_decay, "valid_by_weight": found,
+                  "valid_metrics": metrics_of.get(weight, {})}  # fmt: skip
+        return record, vectors_at(weight)
 
     def _cold_items(self, test_ranks: dict) -> dict:
         """Test on the users whose target was held out of training (`cold_item_fraction`), the model's and the
