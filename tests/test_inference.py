@@ -33,11 +33,14 @@ def _fresh_state(fresh_accelerate_state):
 
 @pytest.fixture(scope="module")
 def trained(generic_files, tiny, tmp_path_factory) -> tuple[Path, list[str]]:
-    """A tiny model trained for a few steps with history excluded, and the data flags it was trained with."""
+    """A tiny model trained for a few steps with history excluded and the text skip (as the defaults ship: wider
+    vectors, `[head, sqrt(beta) x text]`), and the data flags it was trained with."""
     folder = tmp_path_factory.mktemp("trained")
-    extra = ("--max_steps", "4", "--finetune_layers", "1", "--projection_dim", "16", "--exclude_history")
+    extra = ("--max_steps", "4", "--finetune_layers", "1", "--projection_dim", "16", "--exclude_history",
+             "--text_skip_weight", "0.5")  # fmt: skip
     reset_accelerate_state()
     train(*parse_args(tiny_train_args(generic_files, tiny, folder, *extra)))
+    assert json.loads((folder / "config.json").read_text())["text_skip_weight"] == 0.5
     items, log = generic_files
     data_flags = ["--items", str(items), "--interactions", str(log), "--text_template", "{title}. {genres}"]
     return folder, data_flags
