@@ -116,9 +116,12 @@ class DataArguments:
     item_id_column: str = field(default="item_id", metadata={"help": "Item id column in both generic files."})
     user_id_column: str = field(default="user_id", metadata={"help": "User id column of the interaction log."})
     timestamp_column: str = field(default="timestamp", metadata={"help": "Time column of the interaction log."})
-    text_template: str = field(
-        default="{text}",
-        metadata={"help": "Item text built from the item table's fields, e.g. '{title}. {categories}. {brand}'."},
+    text_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Item text built from the item table's fields, e.g. '{title}. {categories}. {brand}'; by default "
+            "every column but the item id, in file order, joined by '. ' (the log and config.yaml say which)."
+        },
     )
     min_history: int = field(
         default=1, metadata={"help": "Users need this many items before their valid target (else they are skipped)."}

@@ -45,7 +45,7 @@ from recsys_bert.checkpoints import (
 )
 from recsys_bert.cli import configure_logging
 from recsys_bert.collators import EvalCollator, TrainCollator
-from recsys_bert.data import RecData, format_skipped, load_data, tokenize_items
+from recsys_bert.data import RecData, default_template, format_skipped, load_data, tokenize_items
 from recsys_bert.data.cache import cache_root
 from recsys_bert.data.splits import parse_time
 from recsys_bert.distributed import any_process, has_accelerator, whole_parameters
@@ -138,6 +138,11 @@ class Trainer:
         )
         configure_logging(accelerator)
         args = dataclasses.replace(args, mixed_precision=accelerator.mixed_precision)  # recorded as run, not as asked
+        if data_args.data_format == "generic" and data_args.items and not data_args.text_template:
+            template = default_template(data_args.items, data_args.item_id_column)
+            data_args = dataclasses.replace(data_args, text_template=template)  # config.yaml says which
+            if accelerator.is_main_process:
+                logger.info("text_template not set: %r (every column of %s but the id)", template, data_args.items)
         self.model_args, self.data_args, self.args = model_args, data_args, args
         set_seed(args.seed)
         start = time.perf_counter()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from recsys_bert.arguments import DataArguments
-from recsys_bert.data import RecData, format_skipped, load_data, loading, tokenize_items
+from recsys_bert.data import RecData, default_template, format_skipped, load_data, load_items, loading, tokenize_items
 from recsys_bert.data import cache as data_cache
 from recsys_bert.utils import InputError
 
@@ -232,6 +232,31 @@ def test_generic_formats_agree(generic_frames, tmp_path):
     assert texts["1"] == "Toy Story | Adventure / Animation / Children / Comedy / Fantasy | 1995"
     users = interactions["customer"].value_counts()
     assert len(data.test) == (users >= 3).sum() and len(data.train) == (users[users >= 3] - 3).sum()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_without_a_template_every_column_but_the_id_is_the_text(generic_frames, tmp_path, suffix):
+    items = generic_frames[0][["name", "product", "kind"]]  # the id column anywhere, the others in file order
+    path = _write(items, tmp_path / f"items{suffix}")
+    assert default_template(path, "product") == "{name}. {kind}"
+    table = load_items(path, "product")
+    assert (
+        dict(zip(table["item_id"], table["text"]))["1"]
+        == "Toy Story. Adventure / Animation / Children / Comedy / Fantasy"
+    )
+    titles = _write(items[["product", "name"]], tmp_path / f"titles{suffix}")  # Amazon's item files: id, title
+    assert default_template(titles, "product") == "{name}"
+
+
+def test_without_a_template_an_item_file_of_ids_alone_is_an_error(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text("item_id\n1\n2\n")
+    with pytest.raises(
+        InputError, match=r"items.csv: no column for the item text besides 'item_id' \(the file has: item_id\); "
+    ):
+        load_items(path)
+    with pytest.raises(InputError, match="missing.csv: file not found"):
+        default_template(tmp_path / "missing.csv")
 
 
 def test_ties_in_time_are_broken_by_item_id_not_by_the_files_row_order(tmp_path):

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from recsys_bert.arguments import parse_args
 from recsys_bert.metrics import ranking_metrics
+from recsys_bert.recommender import run_data_args
 from recsys_bert.trainer import TEXT_SKIP_WEIGHTS, ZERO_SHOT_DECAYS, train
 from tests.conftest import REPO_ROOT, flat, reset_accelerate_state, tiny_train_args
 
@@ -235,6 +237,17 @@ def test_time_budget_stops_training_then_validates_tests_and_saves(generic_files
     assert metrics["test"]["history_kept"]["users"] == 40 and metrics["run"]["max_steps"] == 1000
     assert metrics["run"]["mixed_precision"] == "no"  # no flag, no accelerate launch setting: full precision
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "metrics.json").is_file()
+
+
+def test_without_a_text_template_the_item_files_columns_are_the_text_and_config_yaml_says_which(
+    generic_files, tiny, tmp_path
+):
+    argv = tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "1")
+    at = argv.index("--text_template")
+    _train(argv[:at] + argv[at + 2 :])
+    settings = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert settings["text_template"] == "{title}. {genres}"  # items.csv: item_id, title, genres
+    assert run_data_args(tmp_path).text_template == "{title}. {genres}"  # what recommend.py reads the items with
 
 
 def test_unreadable_interactions_stop_before_training_with_one_line(generic_files, tmp_path):

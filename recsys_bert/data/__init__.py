@@ -8,8 +8,16 @@
 
 from __future__ import annotations
 
-from recsys_bert.data.formats import load_items
+from recsys_bert.data.formats import default_template, load_items
 from recsys_bert.data.loading import format_skipped, load_data, tokenize_items, tokenize_texts
 from recsys_bert.data.recdata import RecData
 
-__all__ = ["RecData", "format_skipped", "load_data", "load_items", "tokenize_items", "tokenize_texts"]
+__all__ = [
+    "RecData",
+    "default_template",
+    "format_skipped",
+    "load_data",
+    "load_items",
+    "tokenize_items",
+    "tokenize_texts",
+]

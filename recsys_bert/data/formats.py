@@ -23,11 +23,13 @@ import pyarrow as pa
 from recsys_bert.arguments import DataArguments
 from recsys_bert.data.readers import (
     SUPPORTED_EXTENSIONS,
+    column_names,
     count_skipped,
     is_index,
     lookup,
     read_delimited,
     read_table,
+    show_names,
     split_tokens,
     strings,
     to_item_codes,
@@ -149,15 +151,36 @@ def parse(data_args: DataArguments, files: dict[str, Path], max_history: int) ->
     return RecData(items, train, valid, test, train_item_counts=counts, skipped=skipped, name=name)
 
 
+def default_template(path: str | Path, item_id_column: str = "item_id") -> str:
+    """The text template where none is given: every column of the item table but the id, in file order, joined by
+    ". " (an item table with `item_id, title, genres` gives "{title}. {genres}")."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    names = column_names(path)
+    fields = [name for name in names if name != item_id_column and name.strip() and not set(name) & set("{}:!")]
+    if not fields:
+        raise InputError(
+            f"{path}: no column for the item text besides {item_id_column!r} (the file has: {show_names(names)}); "
+            "add one, or set text_template"
+        )
+    return ". ".join(f"{{{name}}}" for name in fields)
+
+
 def load_items(
-    path: str | Path, item_id_column: str = "item_id", text_template: str = "{text}", skipped: dict | None = None
+    path: str | Path,
+    item_id_column: str = "item_id",
+    text_template: str | None = None,
+    skipped: dict | None = None,
 ) -> pd.DataFrame:
-    """An item table alone (.csv, .tsv, .jsonl or .parquet): `item_id` and `text` (from `text_template`) per item,
-    in file order; rows without an id or text, and repeated ids, are skipped and counted in `skipped`."""
+    """An item table alone (.csv, .tsv, .jsonl or .parquet): `item_id` and `text` (from `text_template`, by default
+    `default_template`'s) per item, in file order; rows without an id or text, and repeated ids, are skipped and
+    counted in `skipped`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     skipped = {} if skipped is None else skipped
+    text_template = text_template or default_template(path, item_id_column)
     fields = _template_fields(text_template)
     why = {field: "named in text_template" for field in fields}
     table = read_table(path, [item_id_column, *fields], skipped, why=why)

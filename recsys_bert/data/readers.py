@@ -243,13 +243,8 @@ def _read_json_lines(path: Path, text: str, columns: list[str], skipped: dict[st
     return present, {column: pd.Series(value, dtype="str") for column, value in values.items()}
 
 
-def _read_jsonl(
-    path: Path, columns: list[str], skipped: dict[str, int], why: dict[str, str] | None = None
-) -> pd.DataFrame:
-    """One JSON object per line. A bad line later in the file is counted; a bad first line, or more bad lines than
-    good ones: not JSON Lines."""
-    data = _read_bytes(path)
-    text = _decode(path, data)
+def _first_json_object(path: Path, data: bytes) -> dict:
+    """The first record of a JSON Lines file; an error naming its line where it isn't a JSON object."""
     found = re.search(rb"[^ \t\r\n]", data)  # the first character that isn't JSON whitespace
     if found is None:
         raise InputError(f"{path}: empty file")
@@ -262,6 +257,40 @@ def _read_jsonl(
         raise InputError(f"{path}, line {number}: not JSON ({err.args[0].split(':')[0]}); is it JSON Lines?") from None
     if not isinstance(first, dict):
         raise InputError(f"{path}, line {number}: not a JSON object")
+    return first
+
+
+def column_names(path: Path) -> list[str]:
+    """The columns of a table file in file order: a delimited file's header, the keys of a JSON Lines file's first
+    record, a Parquet file's schema."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file")
+        try:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: not a readable Parquet file ({one_line(err)})") from None
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise InputError(f"{path}: unknown file type '{path.suffix}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
+    data = _read_bytes(path)
+    if suffix == ".jsonl":
+        return list(_first_json_object(path, data))
+    try:
+        header, _ = _first_record(data[: 1 << 20].decode("utf-8", errors="replace"), "," if suffix == ".csv" else "\t")
+    except csv.Error as err:
+        raise InputError(f"{path}, line 1: not a readable header ({one_line(err)})") from None
+    return header
+
+
+def _read_jsonl(
+    path: Path, columns: list[str], skipped: dict[str, int], why: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """One JSON object per line. A bad line later in the file is counted; a bad first line, or more bad lines than
+    good ones: not JSON Lines."""
+    data = _read_bytes(path)
+    text = _decode(path, data)
+    _first_json_object(path, data)
     table = None
     if not _JSON_NULL_LINE.search(data):  # pyarrow would read a "null" line as a row
         try:  # fast path: pyarrow parses well-formed files with consistent types
