@@ -67,7 +67,7 @@ def quality_by_data(name: str, report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = iter(["tab:blue", "tab:purple", "tab:cyan", "tab:olive"])
     top = 0.0
-    for variant, result in report["variants"].items():
+    for i, (variant, result) in enumerate(report["variants"].items()):
         color = next(colors)
         minutes, kept = result["train_minutes"]["mean"], result["history_kept"]["ndcg@10"]
         ax.errorbar(minutes, kept["mean"], yerr=kept["std"], fmt="o", capsize=4, color=color)
@@ -76,7 +76,8 @@ def quality_by_data(name: str, report: dict, path: Path) -> None:
             if curve:
                 ax.plot(*zip(*curve), "-", lw=0.6, alpha=0.5, color=color)
         ax.annotate(f"recsys-bert {variant} ({result['runs']} seeds; line: valid)", (minutes, kept["mean"]),
-                    textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8)  # fmt: skip
+                    textcoords="offset points", xytext=(-8, -14 - 11 * i), ha="right", fontsize=8,
+                    color=color)  # fmt: skip
         top = max(top, kept["mean"], result["history_excluded"]["ndcg@10"]["mean"])
     sasrec = report["peers"].get("sasrec")
     if sasrec:

@@ -168,15 +168,21 @@ def data_report(name: str, args: argparse.Namespace, runs_dir: Path, seeds: list
     if not variants:
         return {"config": config, "seeds": seeds, "cold_items": cold}
     best = max(variants, key=lambda v: variants[v]["valid_ndcg@10"]["mean"])  # chosen on validation
+    # the baselines of the first variant asked for (its encoder's zero-shot: the default's for `frozen`), and the best
+    # variant's zero-shot where its encoder differs (`zero_shot_mpnet`): the same for every seed
+    reference = next(iter(variants))
     first_written = json.loads((runs_dir / name / f"{best}-s{seeds[0]}" / "metrics.json").read_text())
-    first_ranks = ranks[best][0]
-    users = first_ranks["user_id"]
-    peers = {}
-    for baseline, metrics in first_written["baselines"].items():  # the same for every seed
-        peers[baseline] = {p: {m: metrics[p][m] for m in METRICS} for p in PROTOCOLS}
-        if "decay" in metrics:
-            peers[baseline]["decay"] = metrics["decay"]
-    peer_ranks = {b: {p: [r] for p, r in first_ranks["baselines"][b].items()} for b in first_ranks["baselines"]}
+    users = ranks[best][0]["user_id"]
+    peers, peer_ranks = {}, {}
+    for source in dict.fromkeys([reference, best]):
+        written = json.loads((runs_dir / name / f"{source}-s{seeds[0]}" / "metrics.json").read_text())
+        for baseline, metrics in written["baselines"].items():
+            row = {p: {m: metrics[p][m] for m in METRICS} for p in PROTOCOLS}
+            if source != reference and row == peers.get(baseline, {}):
+                continue  # popularity: no encoder
+            label = baseline if source == reference else f"{baseline}_{source}"
+            peers[label] = {**row, **({"decay": metrics["decay"]} if "decay" in metrics else {})}
+            peer_ranks[label] = {p: [r] for p, r in ranks[source][0]["baselines"][baseline].items()}
     sasrec_runs = sorted(Path(args.peers_dir).glob(f"sasrec-{name}-s*/summary.json"))
     if sasrec_runs:
         summaries = [json.loads(p.read_text()) for p in sasrec_runs]
@@ -190,9 +196,11 @@ def data_report(name: str, args: argparse.Namespace, runs_dir: Path, seeds: list
             "recbole_test": [s["recbole_test"] for s in summaries],
         }
         peer_ranks["sasrec"] = {p: [aligned(users, r, i) for r in sasrec_ranks] for i, p in enumerate(PROTOCOLS)}
-    for variant_ranks in ranks[best]:
-        if variant_ranks["user_id"] != users:
-            raise SystemExit(f"{name}: the runs of {best} ranked different test users")
+    for variant in variants:
+        if any(variant_ranks["user_id"] != users for variant_ranks in ranks[variant]):
+            raise SystemExit(f"{name}: the runs of {variant} and {best} ranked different test users")
+        if variant != best:  # the chosen variant against the others, each averaged over its seeds
+            peer_ranks[f"recsys-bert {variant}"] = {p: [r[p] for r in ranks[variant]] for p in PROTOCOLS}
     comparisons = {
         peer: {p: compare(per_user_mean([r[p] for r in ranks[best]]), per_user_mean(peer_ranks[peer][p]))
                for p in PROTOCOLS}
