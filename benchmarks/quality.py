@@ -34,6 +34,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,8 +56,13 @@ VARIANTS = {
     "mpnet": ["--encoder_name_or_path", ".cache/all-mpnet-base-v2"],
     # a random 10% of the items held out of training: test on the users whose target is one (a protocol apart)
     "cold": ["--cold_item_fraction", "0.1"],
+    # no config: a user's command, only the data named (`train.py --items --interactions --output_dir`), the
+    # shipped defaults for everything else (the text template included)
+    "defaults": [],
 }
 COLD = "cold"
+DEFAULTS = "defaults"
+DATA_KEYS = ("data_format", "data_dir", "items", "interactions")  # what the defaults run is given of a config
 DATASETS = {
     "scientific": "configs/scientific.yaml",
     "beauty": "configs/beauty.yaml",
@@ -101,8 +107,12 @@ def train_run(config: str, variant: str, seed: int, folder: Path, extra: list[st
     """Trains one run unless its metrics.json exists."""
     if (folder / "metrics.json").is_file():
         return
-    command = [sys.executable, "train.py", "--config", config, *VARIANTS[variant], "--seed", str(seed),
-               "--output_dir", str(folder), *extra]  # fmt: skip
+    if variant == DEFAULTS:
+        settings = yaml.safe_load((ROOT / config).read_text())
+        chosen = [f for key in DATA_KEYS if key in settings for f in (f"--{key}", str(settings[key]))]
+    else:
+        chosen = ["--config", config, *VARIANTS[variant]]
+    command = [sys.executable, "train.py", *chosen, "--seed", str(seed), "--output_dir", str(folder), *extra]
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
