@@ -19,12 +19,24 @@ class TrainCollator:
     which every process shares, so N processes with batch B draw what one process with batch N·B draws (and a
     resumed run what an uninterrupted one drew); `step_inputs` turns histories, positives and negatives into indices
     of the step's unique items, whose tokens (and cached frozen states) the batch carries.
+
+    Items held out of training (`held_out_items`, from `cold_item_fraction`) are never drawn as negatives either: a
+    model that saw them only as negatives would learn to rank them down, which is not what a new item meets.
     """
 
-    def __init__(self, catalogue: Catalogue, config: RecsysBertConfig, args: TrainingArguments):
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        config: RecsysBertConfig,
+        args: TrainingArguments,
+        held_out_items: np.ndarray | None = None,
+    ):
         self.catalogue = catalogue
         self.config = config
         self.args = args
+        self.pool = None  # the items negatives are drawn from; None = every item
+        if held_out_items is not None and len(held_out_items):
+            self.pool = np.setdiff1d(np.arange(len(catalogue)), held_out_items)  # (warm items,)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """`history_ids` `(batch, width)` most recent first (-1 = none), `positive_ids` `(batch,)`; MIND: the
@@ -46,12 +58,15 @@ class TrainCollator:
     def negatives(self, batch: dict[str, torch.Tensor], epoch: int, micro_step: int, first_row: int = 0) -> np.ndarray:
         """The step's negatives: `num_negatives` items uniformly (shared by the step's samples), every item
         (`num_negatives` -1), or, for MIND, `npratio` of each impression's non-clicked items (-1 where it has none),
-        drawn per sample from its place `first_row + i` in the step's batch over all processes."""
+        drawn per sample from its place `first_row + i` in the step's batch over all processes. Held-out items are
+        never among them."""
         seed = (self.args.seed, epoch, micro_step)
         if "impression_negatives" not in batch:
-            if self.args.num_negatives < 0:
-                return np.arange(len(self.catalogue))  # (items,) a full softmax
-            return np.random.default_rng(seed).integers(0, len(self.catalogue), self.args.num_negatives)
+            if self.args.num_negatives < 0:  # a full softmax
+                return np.arange(len(self.catalogue)) if self.pool is None else self.pool  # (items,)
+            if self.pool is None:
+                return np.random.default_rng(seed).integers(0, len(self.catalogue), self.args.num_negatives)
+            return self.pool[np.random.default_rng(seed).integers(0, len(self.pool), self.args.num_negatives)]
         pools = batch["impression_negatives"].numpy()  # (batch, most), -1 = padding
         negatives = np.full((len(pools), self.args.npratio), -1, dtype=np.int64)  # (batch, npratio)
         for i, pool in enumerate(pools):

@@ -58,7 +58,8 @@ def shared_negatives_loss(
         user_vectors (`(batch, dim)`), positive_vectors (`(batch, dim)`), positive_ids (`(batch,)` item ids).
         negative_vectors (`(negatives, dim)`), negative_ids (`(negatives,)`): uniformly sampled items, shared.
         in_batch: also score every process's positives as candidates for every user.
-        item_log_frequency (`(items,)`): log of each item's share of the training targets.
+        item_log_frequency (`(items,)`): log of each item's share of the training targets; -inf for an item held
+            out of training, which is never drawn (the uniform pool is the other items).
         history_ids (`(batch, length)`, -1 = padding), repeat_bias (`(1,)`): each sample's history and the score
             offset, in cosine units, of candidates in it (`RecsysBertOutput.repeat_bias`).
     """
@@ -77,7 +78,7 @@ def shared_negatives_loss(
     positive_logits = positive_logits / temperature
     if in_batch and item_log_frequency is not None:  # each candidate's expected count in the mixture of two pools
         in_batch_count, sampled_count = candidate_ids.shape[1], negative_ids.shape[0]
-        uniform = sampled_count / item_log_frequency.shape[0]
+        uniform = sampled_count / torch.isfinite(item_log_frequency).sum()  # held-out items (-inf) are never drawn
 
         def log_expected_count(ids: torch.Tensor) -> torch.Tensor:
             return torch.log(in_batch_count * item_log_frequency[ids].exp() + uniform)

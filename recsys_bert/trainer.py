@@ -187,7 +187,7 @@ class Trainer:
         )
 
         # ---- prepare, then the number of steps of the sharded loader, then the schedule ----
-        self.collator = TrainCollator(self.catalogue, config, args)
+        self.collator = TrainCollator(self.catalogue, config, args, data.held_out_items)
         train_loader = DataLoader(
             data.train,
             batch_size=args.per_device_train_batch_size,
@@ -343,6 +343,8 @@ class Trainer:
     def _loop(self, loop_start: float) -> None:
         accelerator, args, state = self.accelerator, self.args, self.state
         counts = torch.as_tensor(self.data.train_item_counts, dtype=torch.float64) + 1.0  # +1: items never a target
+        if self.data.held_out_items is not None:
+            counts[torch.as_tensor(self.data.held_out_items)] = 0.0  # never a candidate: log 0 = -inf
         self.item_log_frequency = None
         if args.logq_correction:
             self.item_log_frequency = (counts / counts.sum()).log().float().to(accelerator.device)  # (items,)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,42 @@ def test_logq_correction_subtracts_the_log_expected_count_of_each_candidate():
     corrections = torch.log(2 * p + 3 / 5)  # candidates 0, 1 (in-batch), then 2, 3, 4 (sampled)
     logits = torch.cat([users @ positives.T, users @ negatives.T], 1) - corrections
     assert torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 1])))
+
+
+def test_logq_correction_counts_only_the_items_that_can_be_drawn():
+    """An item held out of training has log frequency -inf: the uniform share is over the other items."""
+    torch.manual_seed(0)
+    users, positives, negatives = torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, 4)
+    positive_ids, negative_ids = torch.tensor([0, 1]), torch.tensor([2, 3, 4])
+    p = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1, 0.0])  # item 5 held out
+    loss = shared_negatives_loss(
+        users, positives, positive_ids, negatives, negative_ids, 1.0, item_log_frequency=p.log()
+    )
+    corrections = torch.log(2 * p[:5] + 3 / 5)  # 3 uniform draws over the 5 items that can be drawn
+    logits = torch.cat([users @ positives.T, users @ negatives.T], 1) - corrections
+    assert torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 1])))
+
+
+@pytest.mark.parametrize("num_negatives", [64, -1])
+def test_items_held_out_of_training_are_never_negatives(num_negatives):
+    """`cold_item_fraction`: held-out items are neither targets nor negatives (else training ranks them down);
+    with none held out the draw is what it always was."""
+    from recsys_bert.arguments import TrainingArguments
+    from recsys_bert.catalogue import Catalogue
+    from recsys_bert.collators import TrainCollator
+    from recsys_bert.modeling import RecsysBertConfig
+
+    catalogue = Catalogue([[101, 7 + i, 102] for i in range(12)], pad_token_id=0)
+    rows = [{"history": [1, 2], "target": 4}]
+    args, config = TrainingArguments(num_negatives=num_negatives, seed=3), RecsysBertConfig(max_history=5)
+    held_out = np.array([0, 5, 9])
+    collator = TrainCollator(catalogue, config, args, held_out)
+    drawn = np.concatenate([collator.collate_step(rows, 0, step)["negative_ids"].numpy() for step in range(20)])
+    assert not np.isin(drawn, held_out).any()
+    assert set(drawn.tolist()) == set(range(12)) - {0, 5, 9}  # every other item is drawn
+    plain = TrainCollator(catalogue, config, args).collate_step(rows, 0, 7)["negative_ids"]
+    expected = np.arange(12) if num_negatives < 0 else np.random.default_rng((3, 0, 7)).integers(0, 12, num_negatives)
+    assert plain.tolist() == expected.tolist()
 
 
 def test_every_catalogue_item_as_negative_is_the_exact_full_softmax():
