@@ -301,8 +301,7 @@ def test_the_repeat_bias_learns_whether_users_pick_an_item_again(generic_files, 
 
 def test_cold_items_are_held_out_of_training_and_reported_apart(generic_files, tiny, tmp_path):
     """`--cold_item_fraction`: the same items held out for every seed, in no training row (target or history; never
-    negatives either: test_losses), and
-    test reported again on the users whose target is one of them."""
+    negatives either: test_losses), and test reported again on the users whose target is one of them."""
     from recsys_bert.data import load_data
 
     argv = tiny_train_args(generic_files, tiny, tmp_path, "--max_steps", "3", "--cold_item_fraction", "0.2",
