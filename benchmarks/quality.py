@@ -23,6 +23,7 @@ The last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -80,6 +81,7 @@ PUBLISHED = {
 METRICS = ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr")
 PROTOCOLS = ("history_kept", "history_excluded")
 COMPARED = "ndcg@10"
+RUN_KEYS = ("machine", "date", "commit", "command")  # what results.json records of the run that wrote an entry
 QUICK_FLAGS = ["--max_steps", "20", "--eval_steps", "20", "--max_eval_users", "300", "--max_item_tokens", "32"]
 
 
@@ -248,7 +250,33 @@ def cold_report(name: str, summary: dict | None, runs: list | None, args: argpar
     if sasrec:
         rows["sasrec"] = {p: {m: summarize([s["test_cold_items"][p][m] for s in sasrec]) for m in METRICS}
                           for p in PROTOCOLS}  # fmt: skip
-    return {"items": first["items"], "users": first["users"], "seeds": summary["seeds"], "rows": rows}
+    # paired, on the cold users: recsys-bert (per-user NDCG@10 averaged over seeds) against each baseline
+    cold = cold_users(DATASETS[name], runs[0]["user_id"])
+
+    def on_cold(rank_lists: list[list[int]]) -> np.ndarray:
+        return per_user_mean([np.asarray(r)[cold] for r in rank_lists])
+
+    comparisons = {
+        baseline: {p: compare(on_cold([r[p] for r in runs]), on_cold([runs[0]["baselines"][baseline][p]]))
+                   for p in PROTOCOLS}
+        for baseline in runs[0]["baselines"]
+    }  # fmt: skip
+    return {"items": first["items"], "users": first["users"], "seeds": summary["seeds"], "rows": rows,
+            "comparisons": comparisons}  # fmt: skip
+
+
+def cold_users(config: str, users: list[str]) -> np.ndarray:
+    """The test users (in the order of `users`, a run's `test_ranks.json`) whose target is one of the items
+    `--cold_item_fraction 0.1` holds out (the same for every seed): the split recomputed by our loader."""
+    from recsys_bert.arguments import parse_args
+    from recsys_bert.data import load_data
+
+    with contextlib.chdir(ROOT):  # the configs' data paths are relative to the checkout, as train.py reads them
+        model_args, data_args, _ = parse_args(["--config", config, *VARIANTS[COLD]])
+        data = load_data(data_args, model_args.max_history)
+    if list(data.test["user_id"]) != users:
+        raise SystemExit(f"{config}: the cold runs ranked other test users than the split gives")
+    return np.flatnonzero(np.isin(data.test["target"], data.held_out_items))  # (cold users,)
 
 
 def print_report(name: str, report: dict) -> None:
@@ -260,6 +288,7 @@ def print_report(name: str, report: dict) -> None:
             cells = [row[p][m] for p in PROTOCOLS for m in ("ndcg@10", "recall@10")]
             cells = [f"{c['mean']:.4f} ± {c['std']:.4f}" if isinstance(c, dict) else f"{c:.4f}" for c in cells]
             print(f"| {label} | " + " | ".join(cells) + " |")
+        print_comparisons("recsys-bert, cold users", cold["comparisons"])
     if "variants" not in report:
         return
     print(f"\n{name} ({report['users']:,} test users, {report['items']:,} items), test, full ranking")
@@ -277,10 +306,14 @@ def print_report(name: str, report: dict) -> None:
     for label, row in report["published"].items():
         cells = " | ".join(f"{row[m]:.4f}" if m in row else "" for m in METRICS)
         print(f"| {label} (published) | {cells} | | |")
-    for peer, protocols in report["comparisons"].items():
+    print_comparisons(report["best"], report["comparisons"])
+
+
+def print_comparisons(label: str, comparisons: dict) -> None:
+    for peer, protocols in comparisons.items():
         for protocol, c in protocols.items():
             d, r = c["difference"], c["ratio"]
-            print(f"- {report['best']} vs {peer}, {protocol}: NDCG@10 {d['difference']:+.4f} [{d['low']:+.4f}, "
+            print(f"- {label} vs {peer}, {protocol}: NDCG@10 {d['difference']:+.4f} [{d['low']:+.4f}, "
                   f"{d['high']:+.4f}], ratio {r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")  # fmt: skip
 
 
@@ -300,7 +333,11 @@ def main() -> None:
         for name, report in reports.items():
             report.update(machine=args.machine, date=date.today().isoformat(), commit=commit.stdout.strip(),
                           command="python " + " ".join(sys.argv))  # fmt: skip
-            results.setdefault("quality", {})[name] = report
+            entries = results.setdefault("quality", {})
+            if "variants" in report or "variants" not in entries.get(name, {}):
+                entries[name] = report
+            else:  # the cold column alone (`--variants cold`): added to the data set's entry, its variants kept
+                entries[name]["cold_items"] = {**report["cold_items"], **{k: report[k] for k in RUN_KEYS}}
             if "variants" in report:
                 plots.quality_by_data(name, report, ROOT / "benchmarks" / f"quality_{name}.png")
         results_path.write_text(json.dumps(results, indent=2) + "\n")
