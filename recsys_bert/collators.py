@@ -34,9 +34,9 @@ class TrainCollator:
         self.catalogue = catalogue
         self.config = config
         self.args = args
-        self.pool = None  # the items negatives are drawn from; None = every item
-        if held_out_items is not None and len(held_out_items):
-            self.pool = np.setdiff1d(np.arange(len(catalogue)), held_out_items)  # (warm items,)
+        self.pool = np.arange(len(catalogue))  # (items,) what negatives are drawn from: all but the held-out ones
+        if held_out_items is not None:
+            self.pool = np.setdiff1d(self.pool, held_out_items)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """`history_ids` `(batch, width)` most recent first (-1 = none), `positive_ids` `(batch,)`; MIND: the
@@ -62,10 +62,8 @@ class TrainCollator:
         never among them."""
         seed = (self.args.seed, epoch, micro_step)
         if "impression_negatives" not in batch:
-            if self.args.num_negatives < 0:  # a full softmax
-                return np.arange(len(self.catalogue)) if self.pool is None else self.pool  # (items,)
-            if self.pool is None:
-                return np.random.default_rng(seed).integers(0, len(self.catalogue), self.args.num_negatives)
+            if self.args.num_negatives < 0:
+                return self.pool  # (items,) a full softmax
             return self.pool[np.random.default_rng(seed).integers(0, len(self.pool), self.args.num_negatives)]
         pools = batch["impression_negatives"].numpy()  # (batch, most), -1 = padding
         negatives = np.full((len(pools), self.args.npratio), -1, dtype=np.int64)  # (batch, npratio)
