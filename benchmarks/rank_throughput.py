@@ -24,11 +24,11 @@ of `--index_sizes` items of width `--dim` (384 = MiniLM):
   movies ("title. genres"), tiled to the size, each copy with Gaussian noise of norm `--noise` (cosine about .9 to
   its movie) and renormalized; users = the 610 MovieLens users' mean history vectors (the zero-shot user);
 - per index (`--factories`, default `index.ivf_params`' IVF for the size and HNSW32 up to `--hnsw_max_items`) and
-  search setting (`--nprobe` x `--k_factor` if refined, `--ef_search`): recall@100 against the exact top-100,
+  search setting (`--nprobe` x `--k_factor` for PQ codes, `--ef_search`): recall@100 against the exact top-100,
   users/s of `index_top_k` (batches of `--user_batch_size`, re-scoring included) and the speed-up over `top_k`,
   build seconds, the index file's bytes, and the section's peak RSS; `--index_cache` keeps the built indexes;
-- above 8 GiB of float32 the items are held as float16 (what `top_k` scans and `index_top_k` re-scores from) and
-  the index stores 8-bit scalars, so 10M x 384 stays under about 12 GB;
+- above 8 GiB of float32 the items are held as float16 (what `top_k` scans and `index_top_k` re-scores from; the
+  index holds 4-bit codes only), so 10M x 384 stays under about 10 GB;
 - the crossover: users/s of both paths over `--crossover_sizes` items (`index.ivf_params`' IVF and settings).
 
     python benchmarks/rank_throughput.py --index --dim 384   # adds a run to benchmarks/index_results.json
@@ -87,9 +87,9 @@ def parse() -> argparse.Namespace:
                         "many items (its build is the slow one: about 5 min for 1M on 2 cores).")  # fmt: skip
     parser.add_argument("--factories", nargs="+", default=None, help="--index: faiss factory strings to measure "
                         "(default: `index.ivf_params`' IVF for the size and HNSW32); IVF ones sweep --nprobe, "
-                        "HNSW ones --ef_search, refined ones (RFlat) --k_factor as well.")  # fmt: skip
-    parser.add_argument("--k_factor", type=int, nargs="+", default=[2, 4, 8], help="--index: shortlist of a refined "
-                        "index (RFlat) = k_factor x 100, re-scored exactly.")  # fmt: skip
+                        "HNSW ones --ef_search, PQ ones --k_factor as well.")  # fmt: skip
+    parser.add_argument("--k_factor", type=int, nargs="+", default=[4, 8, 12], help="--index: candidates asked of a "
+                        "PQ index = k_factor x 100, all re-scored exactly from the items.")  # fmt: skip
     parser.add_argument("--index_cache", type=Path, default=None, help="--index: keep the built indexes in this "
                         "folder (`index.load_or_build`, keyed by the data, size, noise and seed) for later sweeps; "
                         "build_s is then the first build's.")  # fmt: skip
@@ -310,11 +310,11 @@ def catalogue(data: str, size: int, dim: int, base: torch.Tensor | None, noise: 
 
 
 def search_settings(factory: str, args: argparse.Namespace) -> list[dict]:
-    """The search-time settings swept for `factory`: HNSW's ef_search, or IVF's nprobe (x k_factor if refined)."""
+    """The search-time settings swept for `factory`: HNSW's ef_search, or IVF's nprobe (x k_factor for PQ codes)."""
     if factory.startswith("HNSW"):
         return [{"ef_search": value} for value in args.ef_search]
-    k_factors = args.k_factor if "RFlat" in factory or "Refine" in factory else [None]
-    return [{"nprobe": n, **({"k_factor": f} if f else {})} for n in args.nprobe for f in k_factors]
+    k_factors = args.k_factor if ",PQ" in factory else [1]
+    return [{"nprobe": n, "k_factor": f} for n in args.nprobe for f in k_factors]
 
 
 def index_main(args: argparse.Namespace) -> None:
@@ -359,7 +359,7 @@ def index_main(args: argparse.Namespace) -> None:
     def file_bytes(index) -> int:
         path = Path(f"/tmp/rank_throughput.{os.getpid()}.faiss")
         try:
-            faiss.write_index(index, str(path))
+            faiss.write_index(index.faiss_index, str(path))
             return path.stat().st_size
         finally:
             path.unlink(missing_ok=True)

@@ -156,7 +156,9 @@ def slices(table: pd.DataFrame, name: str, since: int) -> dict[str, np.ndarray]:
     }
 
 
-def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> dict:
+def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> tuple[dict, dict]:
+    """The three runs of one seed (trained, or read from `runs_dir`), tested; and the per-user NDCG@10 of P3 by
+    run and protocol, for the aggregate over seeds."""
     from recsys_bert.evaluation import PROTOCOLS
     from recsys_bert.metrics import paired_bootstrap
 
@@ -199,7 +201,7 @@ def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> dict:
     p2, _, _ = evaluate_models({"stale": folders["stale"], "updated": folders["updated"]}, data_flags, t1, t2, "valid")
     p1, p1_values, _ = evaluate_models({"stale": folders["stale"], "updated": folders["updated"]}, data_flags, t0, t1,
                                        "valid")  # fmt: skip
-    return {
+    result = {
         "runs": {
             run: {
                 "wall_seconds": round(m["wall_seconds"], 1),
@@ -222,6 +224,48 @@ def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> dict:
             },
         },  # fmt: skip
     }
+    return result, test_values
+
+
+def across_seeds(results: dict[str, dict], values: dict[str, dict]) -> dict:
+    """The seeds together: each run's NDCG@10 / Recall@10 mean and std over seeds, the update against the stale and
+    the retrained model paired on the per-user NDCG@10 averaged over seeds (the same P3 users in every seed), and the
+    time ratios' means; `verdict` as `verdict`'s, on these."""
+    from recsys_bert.evaluation import PROTOCOLS
+    from recsys_bert.metrics import paired_bootstrap, paired_bootstrap_ratio
+
+    seeds = list(results)
+    runs = ("stale", "updated", "retrained")
+    mean_values = {run: {protocol: np.mean([values[seed][run][protocol] for seed in seeds], axis=0)
+                         for protocol in PROTOCOLS} for run in runs}  # fmt: skip
+
+    def spread(run: str, protocol: str, metric: str) -> dict:
+        per_seed = [results[seed]["p3"][run][protocol]["all"]["ndcg@10"] if metric == "ndcg@10"
+                    else results[seed]["p3"][run][protocol][metric] for seed in seeds]  # fmt: skip
+        return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)), "per_seed": per_seed}
+
+    summary = {
+        "seeds": seeds,
+        "p3": {run: {protocol: {metric: spread(run, protocol, metric) for metric in METRICS}
+                     for protocol in PROTOCOLS} for run in runs},
+        "comparisons": {f"updated - {other}": {protocol: paired_bootstrap(mean_values["updated"][protocol],
+                                                                         mean_values[other][protocol])
+                                               for protocol in PROTOCOLS} for other in ("stale", "retrained")},
+        "updated / retrained": {protocol: paired_bootstrap_ratio(mean_values["updated"][protocol],
+                                                                 mean_values["retrained"][protocol])
+                                for protocol in PROTOCOLS},
+        "time_ratios": {kind: float(np.mean([results[seed]["verdict"][kind] for seed in seeds]))
+                        for kind in ("wall_time_ratio", "train_time_ratio")},
+    }  # fmt: skip
+    ratio = summary["updated / retrained"][PROTOCOL]
+    summary["verdict"] = {
+        "beats_stale": summary["comparisons"]["updated - stale"][PROTOCOL]["low"] > 0,
+        "within_5_percent_of_retrained": ratio["ratio"] >= 0.95,
+        "ndcg_ratio_to_retrained": round(ratio["ratio"], 3),
+        "ndcg_ratio_interval": [round(ratio["low"], 3), round(ratio["high"], 3)],
+        **{kind: round(value, 3) for kind, value in summary["time_ratios"].items()},
+    }
+    return summary
 
 
 def verdict(result: dict) -> dict:
@@ -287,6 +331,23 @@ def markdown(results: dict, command: str) -> str:
                       f"{v['within_5_percent_of_retrained']} (ratio {v['ndcg_ratio_to_retrained']}); time "
                       f"{v['wall_time_ratio']} of the retrained wall time, {v['train_time_ratio']} of its training "
                       "time", ""]  # fmt: skip
+        if "across_seeds" in dataset:
+            summary = dataset["across_seeds"]
+            lines += [f"Seeds {', '.join(summary['seeds'])} together (mean ± std over seeds; intervals on the "
+                      "per-user NDCG@10 averaged over seeds):", "", "| model | NDCG@10 | Recall@10 |",
+                      "|---|---|---|"]  # fmt: skip
+            for run, parts in summary["p3"].items():
+                n, r = parts[PROTOCOL]["ndcg@10"], parts[PROTOCOL]["recall@10"]
+                lines.append(f"| {run} | {n['mean']:.4f} ± {n['std']:.4f} | {r['mean']:.4f} ± {r['std']:.4f} |")
+            lines.append("")
+            for key, c in summary["comparisons"].items():
+                c = c[PROTOCOL]
+                lines.append(f"- {key}, NDCG@10: {c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]")
+            v = summary["verdict"]
+            lines += [f"- updated / retrained, NDCG@10: {v['ndcg_ratio_to_retrained']} {v['ndcg_ratio_interval']}; "
+                      f"targets: beats stale {v['beats_stale']}; within 5% of retrained "
+                      f"{v['within_5_percent_of_retrained']}; time {v['wall_time_ratio']} of the retrained wall time, "
+                      f"{v['train_time_ratio']} of its training time", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -313,15 +374,20 @@ def main() -> None:
         dates = {label: str(pd.to_datetime(t, unit="s").date()) for label, t in (("P1 last stretch", t0), ("P2", t1),
                                                                                   ("P3", t2))}  # fmt: skip
         dataset = results["datasets"][name] = {"cuts": [t0, t1, t2], "cut_dates": dates, "seeds": {}}
+        values = {}
         for seed in args.seeds:
-            result = one_seed(name, seed, Path(args.runs_dir), args.max_train_minutes)
+            result, values[str(seed)] = one_seed(name, seed, Path(args.runs_dir), args.max_train_minutes)
             result["verdict"] = verdict(result)
             dataset["seeds"][str(seed)] = result
+            Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        if len(args.seeds) > 1:
+            dataset["across_seeds"] = across_seeds(dataset["seeds"], values)
             Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     command = "nice -n 10 python benchmarks/update.py " + " ".join(sys.argv[1:])
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     Path(args.markdown).write_text(markdown(results, command.strip()))
     print(json.dumps({name: {seed: r["verdict"] for seed, r in d["seeds"].items()}
+                      | ({"across seeds": d["across_seeds"]["verdict"]} if "across_seeds" in d else {})
                       for name, d in results["datasets"].items()}))  # fmt: skip
 
 

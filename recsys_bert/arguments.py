@@ -330,7 +330,7 @@ class RecommendArguments:
     index_factory: str | None = field(
         default=None,
         metadata={
-            "help": "faiss index factory string, e.g. 'IVF4096,PQ192x4fs,RFlat' (the default from 100,000 items), "
+            "help": "faiss index factory string, e.g. 'IVF4096,PQ192x4fs' (the default from 100,000 items), "
             "'HNSW32' or 'IVF1024,Flat'; default by catalogue size (recsys_bert.index.index_params)."
         },
     )
@@ -339,8 +339,8 @@ class RecommendArguments:
     )
     k_factor: int | None = field(
         default=None,
-        metadata={"help": "With a refined index (',RFlat'): candidates re-scored exactly, as a multiple of those "
-                  "asked for (default 12)."},
+        metadata={"help": "Candidates asked of the index, as a multiple of those wanted, all re-scored exactly from "
+                  "the item vectors (default 12 for the default PQ index, else 1)."},
     )  # fmt: skip
     ef_search: int | None = field(default=None, metadata={"help": "HNSW search depth (default 512)."})
     diversify: str | None = field(

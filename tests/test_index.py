@@ -12,7 +12,6 @@ import torch
 from recsys_bert.index import (
     EF_SEARCH,
     K_FACTOR,
-    NPROBE,
     NPROBE_REFINED,
     build_index,
     index_params,
@@ -47,7 +46,7 @@ def clustered(num_items: int, num_users: int, dim: int, generator: torch.Generat
     [
         {"factory": "Flat"},
         {"factory": "IVF4,Flat", "nprobe": 4},
-        {"factory": "IVF4,PQ8x4fs,RFlat", "nprobe": 4, "k_factor": 8},  # 4-bit codes, the shortlist re-scored exactly
+        {"factory": "IVF4,PQ8x4fs", "nprobe": 4, "k_factor": 20},  # 4-bit codes, every item asked, re-scored exactly
     ],
 )
 @pytest.mark.parametrize("bias", [-0.3, 0.5])
@@ -75,6 +74,25 @@ def test_exhaustive_index_gives_the_exact_ranking(model, params, bias):
     assert torch.equal(found, expected_index)
     torch.testing.assert_close(logits, expected_logits)
     torch.testing.assert_close(log_normalizer, expected_normalizer)
+
+
+def test_float16_items_are_rescored_as_their_float32_values(model):
+    """A float16 catalogue (recommend.py's past 8 GiB, or a GPU's) is re-scored by a gather, not faiss's float32
+    routine: the same scores as the exact path over the same values, and copies still tie."""
+    generator = torch.Generator().manual_seed(8)
+    dim = model.config.encoder["hidden_size"]
+    users, items = unit(9, dim, generator=generator), unit(300, dim, generator=generator).half()
+    history = torch.randint(-1, 300, (9, 7), generator=generator)
+    with torch.no_grad():
+        model.repeat_bias.fill_(0.4)
+    index = build_index(items, {"factory": "IVF4,PQ8x4fs", "nprobe": 4, "k_factor": 50})  # every item asked
+    expected_logits, _, _ = top_k(users, items.float(), 20, partial(model.score, history_ids=history))
+    logits, found, _ = index_top_k(index, users, items, 20, model, history)
+    torch.testing.assert_close(logits, expected_logits)  # sorted values: a swap at a near-tie changes nothing
+    copies = torch.cat([items, items[:1]])  # item 300 = item 0
+    logits, found, _ = index_top_k(build_index(copies, {"factory": "Flat"}), users, copies, 301, model)
+    first, copy = (found == 0).nonzero()[:, 1], (found == 300).nonzero()[:, 1]
+    assert torch.equal(logits.gather(1, first[:, None]), logits.gather(1, copy[:, None]))
 
 
 def test_ties_are_broken_against_the_target_as_exact_ranking_breaks_them(model):
@@ -139,30 +157,32 @@ def test_index_file_cache_round_trips_and_ignores_search_params(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == [index_path(tmp_path, "vectors-key", params).name]
 
     again, from_disk = load_or_build(items, tmp_path, "vectors-key", {**params, "nprobe": 8})  # the same file
-    assert from_disk and faiss.extract_index_ivf(again).nprobe == 8
+    assert from_disk and faiss.extract_index_ivf(again.faiss_index).nprobe == 8
     fresh = build_index(items, {**params, "nprobe": 8})
-    assert (again.search(users.numpy(), 5)[1] == fresh.search(users.numpy(), 5)[1]).all()
+    assert (again.faiss_index.search(users.numpy(), 5)[1] == fresh.faiss_index.search(users.numpy(), 5)[1]).all()
     name = index_path(tmp_path, "vectors-key", params)
     assert index_path(tmp_path, "vectors-key", {"factory": "IVF16,Flat"}) != name  # build-time params do count
     assert index_path(tmp_path, "other-key", params) != name
 
 
-def test_refined_index_returns_exact_dot_products_and_takes_k_factor_at_search_time(tmp_path):
+def test_pq_candidates_are_rescored_exactly_and_k_factor_is_a_search_param(model, tmp_path):
     generator = torch.Generator().manual_seed(6)
-    items, users = clustered(2000, 30, 32, generator)
-    params = {"factory": "IVF16,PQ8x4fs,RFlat", "nprobe": 4, "k_factor": 2}
+    dim = model.config.encoder["hidden_size"]
+    items, users = clustered(2000, 30, dim, generator)
+    with torch.no_grad():
+        model.repeat_bias.zero_()
+    params = {"factory": "IVF16,PQ16x4fs", "nprobe": 4, "k_factor": 1}
     index, _ = load_or_build(items, tmp_path, "key", params)
-    dots, found = index.search(users.numpy(), 20)
-    exact = (items[torch.from_numpy(found)] @ users[:, :, None]).squeeze(2)  # (users, 20)
-    torch.testing.assert_close(torch.from_numpy(dots), exact)  # what index_top_k scores with
     again, from_disk = load_or_build(items, tmp_path, "key", {**params, "k_factor": 8, "nprobe": 16})
-    assert from_disk and faiss.downcast_index(again).k_factor == 8 and faiss.extract_index_ivf(again).nprobe == 16
+    assert from_disk and again.k_factor == 8 and faiss.extract_index_ivf(again.faiss_index).nprobe == 16
+    scores = model.score(users, items)  # (users, items)
+    expected = scores.topk(20, dim=1).indices
     recall = {}
-    for name, candidate in (("k_factor 2", index), ("k_factor 8", again)):
-        _, found = candidate.search(users.numpy(), 20)
-        expected = (users @ items.T).topk(20, dim=1).indices
-        recall[name] = (torch.from_numpy(found)[:, :, None] == expected[:, None, :]).any(2).float().mean().item()
-    assert recall["k_factor 8"] > recall["k_factor 2"] and recall["k_factor 8"] > 0.95
+    for name, candidate in (("k_factor 1", index), ("k_factor 8", again)):
+        logits, found, _ = index_top_k(candidate, users, items, 20, model)
+        torch.testing.assert_close(logits, scores.gather(1, found))  # the model's scores, not the codes' estimates
+        recall[name] = (found[:, :, None] == expected[:, None, :]).any(2).float().mean().item()
+    assert recall["k_factor 8"] > recall["k_factor 1"] and recall["k_factor 8"] > 0.95
 
 
 def test_hnsw_ef_construction_is_a_build_time_param(tmp_path):
@@ -170,7 +190,7 @@ def test_hnsw_ef_construction_is_a_build_time_param(tmp_path):
     items, _ = clustered(300, 1, 16, generator)
     params = {"factory": "HNSW8", "ef_search": 16, "ef_construction": 64}
     index, _ = load_or_build(items, tmp_path, "key", params)
-    assert faiss.downcast_index(index).hnsw.efConstruction == 64
+    assert faiss.downcast_index(index.faiss_index).hnsw.efConstruction == 64
     assert index_path(tmp_path, "key", params) != index_path(tmp_path, "key", {**params, "ef_construction": 40})
     with pytest.raises(ValueError, match="ef_construction"):
         build_index(items, {"factory": "IVF4,Flat", "ef_construction": 64})
@@ -197,11 +217,11 @@ def test_damaged_index_file_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
 
 def test_index_params_follow_the_catalogue_size():
     assert index_params(5_000, 384) == {"factory": "Flat"}
-    refined = {"factory": "IVF4096,PQ192x4fs,RFlat", "nprobe": NPROBE_REFINED, "k_factor": K_FACTOR}
+    refined = {"factory": "IVF4096,PQ192x4fs", "nprobe": NPROBE_REFINED, "k_factor": K_FACTOR}
     assert index_params(1_000_000, 384) == refined  # 4 sqrt(N) lists
-    assert index_params(100_000, 384) == {**refined, "factory": "IVF1024,PQ192x4fs,RFlat", "nprobe": 64}  # a share
+    assert index_params(100_000, 384) == {**refined, "factory": "IVF1024,PQ192x4fs", "nprobe": 64}  # a share
     assert index_params(1_000_000, 385) == {"factory": "HNSW32", "ef_search": EF_SEARCH}  # no 2-dim sub-vectors
-    assert index_params(10_000_000, 384) == {"factory": "IVF4096_HNSW32,SQ8", "nprobe": NPROBE}  # float32: 15 GB
+    assert index_params(10_000_000, 384) == refined  # codes only: 1 GB beside the 15 GB of float32 vectors
     vectors = torch.nn.functional.normalize(torch.randn(300, 16), dim=-1)
     params = {**index_params(5_000, 16), "nprobe": 4, "ef_search": 8, "k_factor": 4}
     assert build_index(vectors, params).ntotal == 300  # search params of other kinds of index are ignored
