@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 
 # our key -> faiss.ParameterSpace's name (None: ours, `ItemIndex.k_factor`)
 SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe", "k_factor": None}
-# benchmarks/index_results.json (1M MiniLM movie vectors tiled with noise of norm .5, 2 cores): IVF4096,PQ192x4fs
-# at nprobe 256 with 12 x 100 candidates re-scored: recall@100 .965 at 23-25x the exact scan's users/s (HNSW32 at
-# ef_search 512: .90 at 15x; IVF4096,Flat: .95 at 3x); on random vectors recall .22. Below about 100k items an IVF
-# of recall ~.95 is under 1.5x the exact scan
+# benchmarks/index_results.json (MiniLM movie vectors tiled with noise of norm .5, 2 cores, 2026-12-04):
+# IVF4096,PQ192x4fs at nprobe 256 with 12 x 100 candidates re-scored: recall@100 .965 at 11x the exact scan's
+# users/s at 1M items, .862 at 19x at 10M; on random vectors recall .22. Below about 100k items an IVF of recall
+# ~.95 gains little over the exact scan
 EXACT_BELOW = 100_000
 NPROBE_REFINED = 256  # lists searched of MAX_NLIST, the same share of fewer lists
 K_FACTOR = 12
