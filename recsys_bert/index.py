@@ -222,9 +222,9 @@ def index_top_k(
     are added to them (the repeat bias, which the index can't see, may lift them into the top `k`), and every
     candidate is re-scored from `items` by the model's formula, (dot(user, item) + `repeat_bias` if the item is in
     `history_ids`) / `score_temperature` (each dot product computed alike wherever the item falls, so copies tie):
-    the index only proposes, its own (compressed) dot products are never
-    used, so where it proposes every item that `retrieval.top_k` returns (an exhaustive index, or any at full
-    recall) the lists are the same, up to float rounding at near-ties.
+    the index only proposes, its own (compressed) dot products are never used, so where it proposes every item that
+    `retrieval.top_k` returns (an exhaustive index, or any at full recall) the lists are the same, up to float
+    rounding at near-ties.
 
     Args:
         index: an index over `items` (`build_index`, `load_or_build`).

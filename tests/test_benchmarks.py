@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -98,3 +99,33 @@ def test_quality_quick_runs():
     figures = _last_json_line("quality.py", "--quick")
     assert figures["quick"] is True and figures["movielens"]["best"] == "frozen"
     assert 0 <= figures["movielens"]["ndcg@10"] <= 1
+
+
+def test_update_across_seeds_pairs_the_seed_means():
+    """update.py's aggregate: per-seed means and stds, and the update paired against the others on per-user values
+    averaged over seeds (hand-made values: the update gains .1 on every user in every seed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update", REPO_ROOT / "benchmarks" / "update.py")
+    update = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update)
+    protocols = ("history_kept", "history_excluded")
+    base = {"42": [0.1, 0.3, 0.2, 0.0], "1": [0.2, 0.1, 0.1, 0.1]}
+    gain = {"stale": 0.0, "updated": 0.1, "retrained": 0.1}
+    values = {seed: {run: {p: np.asarray(base[seed]) + gain[run] for p in protocols} for run in gain} for seed in base}
+    results = {
+        seed: {
+            "p3": {run: {p: {"all": {"ndcg@10": float(values[seed][run][p].mean())}, "recall@10": 0.5}
+                         for p in protocols} for run in gain},
+            "verdict": {"wall_time_ratio": 0.2 if seed == "42" else 0.4, "train_time_ratio": 0.1},
+        }
+        for seed in base
+    }  # fmt: skip
+    summary = update.across_seeds(results, values)
+    stale = summary["p3"]["stale"]["history_excluded"]["ndcg@10"]
+    assert stale["mean"] == pytest.approx(0.1375) and stale["std"] == pytest.approx(0.025 / 2**0.5)
+    versus_stale = summary["comparisons"]["updated - stale"]["history_excluded"]
+    assert versus_stale["difference"] == pytest.approx(0.1) and versus_stale["low"] == pytest.approx(0.1)
+    assert summary["comparisons"]["updated - retrained"]["history_kept"]["difference"] == pytest.approx(0.0)
+    assert summary["verdict"]["beats_stale"] and summary["verdict"]["within_5_percent_of_retrained"]
+    assert summary["verdict"]["wall_time_ratio"] == pytest.approx(0.3)
