@@ -4,6 +4,7 @@ features of any set of items a batch needs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -142,10 +143,12 @@ class Catalogue:
 
     def _states_key(self, model: RecsysBertModel, accelerator: Accelerator) -> str:
         """sha256 of what the frozen vectors depend on: tokens, encoder weights and config, pooling, device and
-        precision."""
+        precision. The config as JSON with sorted keys, so that a saved and reloaded model (an update's `init_from`,
+        whose `id2label` keys came back as strings) finds the vectors of the model it was saved from."""
         digest = hashlib.sha256()
-        digest.update(repr((model.config.pooling, model.config.encoder, accelerator.device.type,
-                            accelerator.mixed_precision, self.input_ids.shape)).encode())  # fmt: skip
+        settings = [model.config.pooling, json.loads(json.dumps(model.config.encoder, default=str)),
+                    accelerator.device.type, str(accelerator.mixed_precision), list(self.input_ids.shape)]  # fmt: skip
+        digest.update(json.dumps(settings, sort_keys=True).encode())
         for start in range(0, len(self.input_ids), 100_000):  # a memory-mapped catalogue: 100,000 items at a time
             digest.update(np.ascontiguousarray(self.input_ids[start : start + 100_000]).tobytes())
         for name, tensor in model.encoder.state_dict().items():

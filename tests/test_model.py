@@ -288,6 +288,9 @@ def test_frozen_vectors_are_kept_on_disk_for_the_next_run_on_the_same_catalogue(
     again.encode = no_encoding
     again.compute_frozen_states(model, accelerator, batch_size=5, cache_dir=tmp_path)
     torch.testing.assert_close(again.frozen_states, catalogue.frozen_states, rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "saved")  # an update (init_from) reads the vectors of the model it continues
+    again.compute_frozen_states(RecsysBertModel.from_pretrained(tmp_path / "saved"), accelerator, 5, tmp_path)
+    torch.testing.assert_close(again.frozen_states, catalogue.frozen_states, rtol=0, atol=0)
     other_texts = Catalogue([[101, 8 + i, 102] for i in range(12)], pad_token_id=0)
     other_texts.compute_frozen_states(model, accelerator, batch_size=5, cache_dir=tmp_path)
     with torch.no_grad():
