@@ -91,9 +91,15 @@ def ivf_params(num_items: int, dim: int) -> dict:
 
 
 def set_search_params(index: ItemIndex, params: dict) -> None:
-    """Sets the search-time parameters of `params` (`ef_search`, `nprobe`, `k_factor`) that apply to `index`."""
+    """Sets the search-time parameters of `params` (`ef_search`, `nprobe`, `k_factor`) that apply to `index`. An index
+    that re-ranks its own candidates from a float32 copy of the vectors (a factory ending in `,RFlat`) takes
+    `k_factor` itself, so that only the candidates it keeps are re-scored again."""
     if params.get("k_factor") is not None:
-        index.k_factor = params["k_factor"]
+        refine = faiss.downcast_index(index.faiss_index)
+        if isinstance(refine, faiss.IndexRefine):
+            refine.k_factor, index.k_factor = params["k_factor"], 1
+        else:
+            index.k_factor = params["k_factor"]
     space = faiss.ParameterSpace()
     for key, name in SEARCH_PARAMS.items():
         if name is not None and params.get(key) is not None:

@@ -185,6 +185,21 @@ def test_pq_candidates_are_rescored_exactly_and_k_factor_is_a_search_param(model
     assert recall["k_factor 8"] > recall["k_factor 1"] and recall["k_factor 8"] > 0.95
 
 
+def test_a_refined_index_takes_k_factor_itself(model, tmp_path):
+    generator = torch.Generator().manual_seed(6)
+    dim = model.config.encoder["hidden_size"]
+    items, users = clustered(2000, 30, dim, generator)
+    with torch.no_grad():
+        model.repeat_bias.zero_()
+    index, _ = load_or_build(items, tmp_path, "key", {"factory": "IVF16,PQ16x4fs,RFlat", "nprobe": 16, "k_factor": 8})
+    assert faiss.downcast_index(index.faiss_index).k_factor == 8 and index.k_factor == 1  # re-ranked once by faiss
+    scores = model.score(users, items)  # (users, items)
+    logits, found, _ = index_top_k(index, users, items, 20, model)
+    torch.testing.assert_close(logits, scores.gather(1, found))
+    expected = scores.topk(20, dim=1).indices
+    assert (found[:, :, None] == expected[:, None, :]).any(2).float().mean().item() > 0.95
+
+
 def test_hnsw_ef_construction_is_a_build_time_param(tmp_path):
     generator = torch.Generator().manual_seed(7)
     items, _ = clustered(300, 1, 16, generator)
