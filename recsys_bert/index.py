@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # our key -> faiss.ParameterSpace's name (None: ours, `ItemIndex.k_factor`)
 SEARCH_PARAMS = {"ef_search": "efSearch", "nprobe": "nprobe", "k_factor": None}
 # benchmarks/index_results.json (MiniLM movie vectors tiled with noise of norm .5, 2 cores, 2026-12-04):
-# IVF4096,PQ192x4fs at nprobe 256 with 12 x 100 candidates re-scored: recall@100 .965 at 11x the exact scan's
+# IVF4096,PQ192x4fs at nprobe 256 with 12 x 100 candidates re-scored: recall@100 .965 at 11-14x the exact scan's
 # users/s at 1M items, .862 at 19x at 10M; on random vectors recall .22. Below about 100k items an IVF of recall
 # ~.95 gains little over the exact scan
 EXACT_BELOW = 100_000
