@@ -5,8 +5,9 @@ Each log is split by global time at the 80% and 90% quantiles of its timestamps 
 and P3 (test). Three models, one recipe (the frozen MiniLM and heads of `configs/movielens.yaml`, one epoch):
 
 - stale: trained on P1's targets (`--valid_since P2 --test_since P3`: its valid rows are P2's holdout);
-- updated: the stale model continued on P2's targets (`--init_from stale --train_since P2`, a fresh optimizer, half
-  the learning rate, two epochs of P2), histories holding P1 too;
+- updated: the stale model continued on P2's targets (`--init_from stale --train_since P2`, a fresh optimizer),
+  histories holding P1 too, with the update recipe (learning rate, epochs, replayed share of P1's targets) chosen on
+  validation by `--tune`, or half the learning rate and two epochs of P2 without it;
 - retrained: from scratch on the targets of P1 and P2.
 
 All three are tested by our own evaluation code on the same rows, P3's (each user's first target at or after the
@@ -15,8 +16,15 @@ new users (no interaction before P2) and new items (targets without an interacti
 bootstrap of the per-user NDCG@10. Also: P2's holdout (each user's first target in P2) and forgetting, the stale and
 the updated model on P1's last stretch (each user's first target in [q70%, q80%)), which the stale model trained on.
 
+`--tune` chooses the update recipe before P3 is looked at: P2 is cut again at the 85% quantile into P2a and P2b, each
+recipe of `UPDATE_GRID` continues the first seed's stale model on P2a's targets, and the one with the best NDCG@10 on
+P2b's holdout (each user's first target in P2b), among the recipes whose training rows on P2 (epochs x (P2's targets
++ the replayed share of P1's), counted from the log before any training) stay within a third of the retrained
+model's one epoch over P1 and P2 (the time target), is the recipe of every seed's update on P2. A model retrained on
+P1 and P2a is the reference on P2b.
+
     nice -n 10 python benchmarks/update.py                        # both data sets, seed 42
-    python benchmarks/update.py --data movielens --seeds 42 1 2 --max_train_minutes 5
+    python benchmarks/update.py --data beauty --seeds 42 1 2 --max_train_minutes 0 --tune
 
 Writes `benchmarks/update_results.json` and a Markdown section (`--markdown`); a run whose metrics.json exists in
 `--runs_dir` is read, not trained again (its wall time is the one recorded then).
@@ -65,15 +73,52 @@ RECIPE = ["--finetune_layers", "0", "--projection_dim", "128", "--user_layers", 
           "--num_train_epochs", "1"]  # fmt: skip
 LEARNING_RATE = 2e-3
 QUANTILES = (0.7, 0.8, 0.9)  # P1's last stretch, P2, P3
+TUNE_QUANTILE = 0.85  # --tune: P2 = P2a (update's training) + P2b (validation)
+DEFAULT_UPDATE = {"lr_scale": 0.5, "epochs": 2, "replay_fraction": 0.0}
+# all are trained on P2a; only those within the time budget on P2 (`within_budget`) can be chosen
+UPDATE_GRID = [{"lr_scale": lr, "epochs": epochs, "replay_fraction": replay} for lr in (0.5, 1.0, 2.0)
+               for epochs, replay in ((2, 0.0), (3, 0.0), (2, 0.05))]  # fmt: skip
 METRICS = ("ndcg@10", "recall@10")
 FROZEN_STATES = {}  # the frozen MiniLM's item vectors, computed once per data set
 PROTOCOL = "history_excluded"  # what the recipe chooses on (configs/movielens.yaml), both are in the JSON
 
 
-def cuts(name: str) -> list[int]:
+def cuts(name: str, quantiles: tuple[float, ...] = QUANTILES) -> list[int]:
     path, _, _ = DATASETS[name]["log"]
     times = pd.read_csv(path, usecols=["timestamp"])["timestamp"].to_numpy()
-    return [int(t) for t in np.quantile(times, QUANTILES)]
+    return [int(t) for t in np.quantile(times, quantiles)]
+
+
+def training_rows(log: pd.DataFrame, user: str, since: float, until: float) -> int:
+    """How many training rows train.py makes of the targets in [since, until): a user's interactions there, but
+    their first (no history to predict it from)."""
+    log = log.sort_values([user, "timestamp"], kind="stable")
+    has_history = log.groupby(user).cumcount().to_numpy() > 0
+    times = log["timestamp"].to_numpy()
+    return int((has_history & (times >= since) & (times < until)).sum())
+
+
+def budget_share(name: str, recipe: dict) -> float:
+    """An update's training rows on P2 with `recipe` over the retrained model's (one epoch of P1 and P2's targets)."""
+    path, user, _ = DATASETS[name]["log"]
+    log = pd.read_csv(path, usecols=[user, "timestamp"])
+    _, t1, t2 = cuts(name)
+    p1, p2 = training_rows(log, user, -np.inf, t1), training_rows(log, user, t1, t2)
+    return recipe["epochs"] * (p2 + round(recipe["replay_fraction"] * p1)) / (p1 + p2)
+
+
+def update_flags(stale: Path, recipe: dict) -> list[str]:
+    """train.py's flags of an update of the model in `stale` with `recipe` (a dict of `UPDATE_GRID`)."""
+    flags = ["--init_from", str(stale), "--learning_rate", str(LEARNING_RATE * recipe["lr_scale"]),
+             "--num_train_epochs", str(recipe["epochs"])]  # fmt: skip
+    return flags + (["--replay_fraction", str(recipe["replay_fraction"])] if recipe["replay_fraction"] else [])
+
+
+def stale_flags(name: str, seed: int) -> list[str]:
+    """The stale model's flags: trained on P1's targets, its valid rows P2's holdout."""
+    _, t1, t2 = cuts(name)
+    return [*DATASETS[name]["flags"], *RECIPE, "--seed", str(seed), "--valid_since", str(t1), "--test_since", str(t2),
+            "--learning_rate", str(LEARNING_RATE)]  # fmt: skip
 
 
 def run_train(folder: Path, flags: list[str], minutes: float) -> dict:
@@ -156,9 +201,53 @@ def slices(table: pd.DataFrame, name: str, since: int) -> dict[str, np.ndarray]:
     }
 
 
-def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> tuple[dict, dict]:
-    """The three runs of one seed (trained, or read from `runs_dir`), tested; and the per-user NDCG@10 of P3 by
-    run and protocol, for the aggregate over seeds."""
+def tune(name: str, seed: int, runs_dir: Path, minutes: float) -> dict:
+    """Each recipe of `UPDATE_GRID` continuing the stale model of `seed` on P2a's targets, tested on P2b's holdout
+    beside the stale model and a model retrained on P1 and P2a; the chosen recipe, best NDCG@10 on `PROTOCOL`."""
+    _, t1, t2 = cuts(name)
+    (middle,) = cuts(name, (TUNE_QUANTILE,))
+    data_flags = DATASETS[name]["flags"]
+    base = [*data_flags, *RECIPE, "--seed", str(seed), "--valid_since", str(middle), "--test_since", str(t2)]
+    folder = runs_dir / f"{name}-s{seed}"
+    folders = {"stale": folder / "stale", "retrained": folder / "tune-retrained"}
+    runs = {
+        "stale": run_train(folders["stale"], stale_flags(name, seed), minutes),
+        "retrained": run_train(folders["retrained"], [*base, "--learning_rate", str(LEARNING_RATE)], minutes),
+    }
+    names = {}
+    for recipe in UPDATE_GRID:
+        lr, epochs, replay = recipe["lr_scale"], recipe["epochs"], recipe["replay_fraction"]
+        run = f"update lr x{lr:g}, {epochs} epochs, replay {replay:g}"
+        names[run], folders[run] = recipe, folder / f"tune-lr{lr:g}-e{epochs}-r{replay:g}"
+        runs[run] = run_train(folders[run], [*base, *update_flags(folders["stale"], recipe), "--train_since", str(t1)],
+                              minutes)  # fmt: skip
+    metrics, _, _ = evaluate_models(folders, data_flags, middle, t2, "valid")
+    shares = {run: budget_share(name, recipe) for run, recipe in names.items()}
+    best = max((run for run in names if shares[run] <= 1 / 3), key=lambda run: metrics[run][PROTOCOL]["ndcg@10"])
+    return {
+        "seed": seed,
+        "p2b_since": middle,
+        "p2b_since_date": str(pd.to_datetime(middle, unit="s").date()),
+        "runs": {
+            run: {
+                "ndcg@10": metrics[run][PROTOCOL]["ndcg@10"],
+                "recall@10": metrics[run][PROTOCOL]["recall@10"],
+                "users": metrics[run][PROTOCOL]["users"],
+                "wall_seconds": round(m["wall_seconds"], 1),
+                "train_seconds": m["run"]["train_seconds"],
+                "train_samples": m["run"]["train_samples"],
+            }
+            | ({"recipe": names[run], "budget_share": round(shares[run], 3)} if run in names else {})
+            for run, m in runs.items()
+        },  # fmt: skip
+        "p2b_metrics": metrics,
+        "chosen": names[best],
+    }
+
+
+def one_seed(name: str, seed: int, runs_dir: Path, minutes: float, recipe: dict) -> tuple[dict, dict]:
+    """The three runs of one seed (trained, or read from `runs_dir`), the update with `recipe`, tested; and the
+    per-user NDCG@10 of P3 by run and protocol, for the aggregate over seeds."""
     from recsys_bert.evaluation import PROTOCOLS
     from recsys_bert.metrics import paired_bootstrap
 
@@ -167,11 +256,7 @@ def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> tuple[dict
     base = [*data_flags, *RECIPE, "--seed", str(seed)]
     folder = runs_dir / f"{name}-s{seed}"
     runs = {
-        "stale": run_train(
-            folder / "stale",
-            [*base, "--valid_since", str(t1), "--test_since", str(t2), "--learning_rate", str(LEARNING_RATE)],
-            minutes,
-        ),  # fmt: skip
+        "stale": run_train(folder / "stale", stale_flags(name, seed), minutes),
         "updated": None,
         "retrained": run_train(
             folder / "retrained",
@@ -179,10 +264,9 @@ def one_seed(name: str, seed: int, runs_dir: Path, minutes: float) -> tuple[dict
             minutes,
         ),  # fmt: skip
     }
-    runs["updated"] = run_train(folder / "updated", [*base, "--init_from", str(folder / "stale"), "--train_since",
-                                                     str(t1), "--valid_since", str(t2), "--test_since", str(t2),
-                                                     "--learning_rate", str(LEARNING_RATE / 2),
-                                                     "--num_train_epochs", "2"], minutes)  # fmt: skip
+    runs["updated"] = run_train(folder / "updated", [*base, *update_flags(folder / "stale", recipe), "--train_since",
+                                                     str(t1), "--valid_since", str(t2), "--test_since", str(t2)],
+                                minutes)  # fmt: skip
     folders = {run: folder / run for run in runs}
     test, test_values, table = evaluate_models(folders, data_flags, t2, t2, "test")
     masks = slices(table, name, t1)
@@ -292,6 +376,28 @@ def markdown(results: dict, command: str) -> str:
     for name, dataset in results["datasets"].items():
         cut_dates = ", ".join(f"{k} {v}" for k, v in dataset["cut_dates"].items())
         lines += [f"### {name} ({cut_dates})", ""]
+        if "tuning" in dataset:
+            tuning = dataset["tuning"]
+            lines += [f"The update recipe chosen on validation (seed {tuning['seed']}): each update continues the "
+                      "stale model on P2a's targets, all tested on P2b's holdout (each user's first target since "
+                      f"{tuning['p2b_since_date']}). Budget: the recipe's training rows on P2 over the retrained "
+                      "model's (at most 1/3 can be chosen).", "",
+                      "| model | NDCG@10 | Recall@10 | wall s | train s | training rows | budget on P2 |",
+                      "|---|---|---|---|---|---|---|"]  # fmt: skip
+            for run, r in tuning["runs"].items():
+                chosen = " (chosen)" if r.get("recipe") == tuning["chosen"] else ""
+                share = f"{r['budget_share']:.3f}" if "budget_share" in r else ""
+                lines.append(
+                    f"| {run}{chosen} | {r['ndcg@10']:.4f} | {r['recall@10']:.4f} | "
+                    f"{r['wall_seconds']:.0f} | {r['train_seconds']:.0f} | {r['train_samples']:,} | {share} |"
+                )
+            lines.append("")
+        recipe = dataset["update_recipe"]
+        lines += [
+            f"Update recipe on P2: learning rate x{recipe['lr_scale']:g}, {recipe['epochs']} epochs, replayed "
+            f"share of P1 {recipe['replay_fraction']:g}.",
+            "",
+        ]
         for seed, result in dataset["seeds"].items():
             p3, runs, comparisons = result["p3"], result["runs"], result["comparisons"]
             lines += [f"Seed {seed}: {p3['stale'][PROTOCOL]['all']['users']} P3 users "
@@ -365,6 +471,7 @@ def main() -> None:
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "update"))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "update_results.json"))
     parser.add_argument("--markdown", default="/tmp/work/update-results.md")
+    parser.add_argument("--tune", action="store_true", help="Choose the update recipe on P2b first (see above).")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results = {"date": date.today().isoformat(), "machine": machine(),
@@ -374,9 +481,14 @@ def main() -> None:
         dates = {label: str(pd.to_datetime(t, unit="s").date()) for label, t in (("P1 last stretch", t0), ("P2", t1),
                                                                                   ("P3", t2))}  # fmt: skip
         dataset = results["datasets"][name] = {"cuts": [t0, t1, t2], "cut_dates": dates, "seeds": {}}
-        values = {}
+        values, recipe = {}, DEFAULT_UPDATE
+        if args.tune:
+            dataset["tuning"] = tune(name, args.seeds[0], Path(args.runs_dir), args.max_train_minutes)
+            recipe = dataset["tuning"]["chosen"]
+            Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        dataset["update_recipe"] = recipe
         for seed in args.seeds:
-            result, values[str(seed)] = one_seed(name, seed, Path(args.runs_dir), args.max_train_minutes)
+            result, values[str(seed)] = one_seed(name, seed, Path(args.runs_dir), args.max_train_minutes, recipe)
             result["verdict"] = verdict(result)
             dataset["seeds"][str(seed)] = result
             Path(args.output).write_text(json.dumps(results, indent=1) + "\n")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,14 +102,47 @@ def test_quality_quick_runs():
     assert 0 <= figures["movielens"]["ndcg@10"] <= 1
 
 
-def test_update_across_seeds_pairs_the_seed_means():
-    """update.py's aggregate: per-seed means and stds, and the update paired against the others on per-user values
-    averaged over seeds (hand-made values: the update gains .1 on every user in every seed)."""
+def _update_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("update", REPO_ROOT / "benchmarks" / "update.py")
     update = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(update)
+    return update
+
+
+def test_update_recipes_are_train_py_settings():
+    """update.py --tune's grid: each recipe's flags parse as train.py's (the learning rate, epochs and replayed share
+    it names)."""
+    from recsys_bert.arguments import parse_args
+
+    update = _update_module()
+    for recipe in [update.DEFAULT_UPDATE, *update.UPDATE_GRID]:
+        flags = update.update_flags(Path("runs/stale"), recipe)
+        _, data_args, training_args = parse_args([*update.RECIPE, *flags, "--train_since", "1"])
+        assert training_args.learning_rate == pytest.approx(update.LEARNING_RATE * recipe["lr_scale"])
+        assert training_args.num_train_epochs == recipe["epochs"]
+        assert training_args.init_from == "runs/stale"
+        assert data_args.replay_fraction == recipe["replay_fraction"]
+
+
+def test_update_budget_counts_training_rows_as_train_py_makes_them():
+    """The time budget's row count: a user's targets in the window, but their first interaction (no history);
+    hand-counted on a log of three users."""
+    import pandas as pd
+
+    update = _update_module()
+    log = pd.DataFrame({"user": ["a", "a", "a", "b", "b", "c"], "timestamp": [5, 1, 3, 2, 6, 4]})
+    # a: 1 (first), 3, 5; b: 2 (first), 6; c: 4 (first)
+    assert update.training_rows(log, "user", -np.inf, 10) == 3
+    assert update.training_rows(log, "user", 4, 10) == 2  # a's 5, b's 6; c's 4 is its first
+    assert update.training_rows(log, "user", 0, 4) == 1  # a's 3
+
+
+def test_update_across_seeds_pairs_the_seed_means():
+    """update.py's aggregate: per-seed means and stds, and the update paired against the others on per-user values
+    averaged over seeds (hand-made values: the update gains .1 on every user in every seed)."""
+    update = _update_module()
     protocols = ("history_kept", "history_excluded")
     base = {"42": [0.1, 0.3, 0.2, 0.0], "1": [0.2, 0.1, 0.1, 0.1]}
     gain = {"stale": 0.0, "updated": 0.1, "retrained": 0.1}
