@@ -34,6 +34,7 @@ from recsys_bert import encoders
 from recsys_bert.utils import InputError, move_files_into, one_line
 
 STEP_SUB_BATCH = 256  # items per length-sorted sub-batch of a training step's trained encoder layers
+USER_SUB_BATCH = 32  # users per length-sorted sub-batch of the attention user tower
 
 
 class RecsysBertConfig(PretrainedConfig):
@@ -292,17 +293,29 @@ class RecsysBertModel(PreTrainedModel):
         dim = self.user_token.shape[0]
         skip = history_vectors[..., dim:]  # (batch, length, hidden) with the text skip, else empty
         history_vectors = history_vectors[..., :dim]  # (batch, length, dim)
-        batch, length, _ = history_vectors.shape
+        # each user's history ends at its last item: the layers run on no padding beyond a sub-batch's longest
+        batch, length = history_mask.shape
+        positions = torch.arange(1, length + 1, device=history_mask.device)
+        extent = (history_mask * positions).amax(dim=1) if length else positions.new_zeros(batch)  # (batch,)
+        users = length_sorted(  # (batch, dim)
+            extent,
+            USER_SUB_BATCH,
+            lambda rows, width: self._attend(history_vectors[rows, :width], history_mask[rows, :width]),
+        )
+        if not self.config.text_skip_weight:
+            return users
+        decay = 1.0 if self.config.text_skip_decay is None else self.config.text_skip_decay
+        return torch.cat([users, recency_mean(skip, history_mask, decay)], dim=-1)  # (batch, dim + hidden)
+
+    def _attend(self, history_vectors: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        """The attention tower on `(batch, length, dim)` history vectors: `(batch, dim)` unit user vectors."""
+        batch, length, dim = history_vectors.shape
         tokens = torch.cat([self.user_token.expand(batch, 1, dim), history_vectors], dim=1)  # (batch, 1 + length, dim)
         positions = torch.arange(length + 1, device=tokens.device)
         hidden = tokens + self.recency_embeddings(positions)  # (batch, 1 + length, dim)
         mask = torch.cat([history_mask.new_ones(batch, 1), history_mask], dim=1)  # (batch, 1 + length)
         hidden = self.user_encoder(hidden, src_key_padding_mask=~mask)  # (batch, 1 + length, dim)
-        users = F.normalize(self.user_pooling(hidden, mask), dim=-1)  # (batch, dim)
-        if not self.config.text_skip_weight:
-            return users
-        decay = 1.0 if self.config.text_skip_decay is None else self.config.text_skip_decay
-        return torch.cat([users, recency_mean(skip, history_mask, decay)], dim=-1)  # (batch, dim + hidden)
+        return F.normalize(self.user_pooling(hidden, mask), dim=-1)  # (batch, dim)
 
     def _encode_step_items(
         self, attention_mask: torch.Tensor, input_ids: torch.Tensor, frozen_states: torch.Tensor | None
@@ -311,19 +324,15 @@ class RecsysBertModel(PreTrainedModel):
         the trained layers don't run on the padding that the step's longest item would give every other one."""
         if self.config.finetune_layers == 0 or attention_mask.shape[0] <= STEP_SUB_BATCH:
             return self.encode_items(attention_mask, input_ids=input_ids, frozen_states=frozen_states)
-        lengths = attention_mask.sum(dim=1)  # (items,)
-        order = lengths.argsort(descending=True, stable=True)
-        parts = []
-        for rows in order.split(STEP_SUB_BATCH):
-            width = int(lengths[rows[0]])
-            parts.append(
-                self.encode_items(
-                    attention_mask[rows, :width],
-                    input_ids=input_ids[rows, :width],
-                    frozen_states=None if frozen_states is None else frozen_states[rows, :width],
-                )
-            )  # (sub-batch, dim)
-        return torch.cat(parts)[order.argsort()]  # (items, dim), back in the step's order
+        return length_sorted(  # (items, dim)
+            attention_mask.sum(dim=1),
+            STEP_SUB_BATCH,
+            lambda rows, width: self.encode_items(
+                attention_mask[rows, :width],
+                input_ids=input_ids[rows, :width],
+                frozen_states=None if frozen_states is None else frozen_states[rows, :width],
+            ),
+        )
 
     def score(
         self,
@@ -408,6 +417,15 @@ class RecsysBertModel(PreTrainedModel):
             negative_vectors=item_vectors[negative_index],  # (negatives, dim) or (batch, negatives, dim)
             repeat_bias=self.repeat_bias * 1,  # taken in forward, where FSDP holds the whole parameter
         )
+
+
+def length_sorted(lengths: torch.Tensor, size: int, run) -> torch.Tensor:
+    """`run(rows, width)` over sub-batches of `size` rows sorted by `lengths` `(n,)`, each cut to its own longest
+    (`width`), so nothing runs on the padding the longest row of all would give every other one; the outputs
+    `(n, ...)` back in the rows' order."""
+    order = lengths.argsort(descending=True, stable=True)
+    parts = [run(rows, int(lengths[rows[0]])) for rows in order.split(size)]
+    return torch.cat(parts)[order.argsort()]
 
 
 def recency_mean(vectors: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:

@@ -181,6 +181,19 @@ def test_a_steps_items_in_length_sorted_sub_batches_equal_one_padded_batch(tiny,
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
 
 
+def test_users_in_length_sorted_sub_batches_equal_one_padded_batch(tiny):
+    config = RecsysBertConfig(encoder_name_or_path=tiny, projection_dim=16, user_layers=2, text_skip_weight=0.25)
+    model = RecsysBertModel.from_encoder(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(0, 50, (100,), generator=generator)  # (users,), some with no history, several sub-batches
+    mask = torch.arange(50)[None, :] < lengths[:, None]  # (users, 50)
+    mask[::7, 0] = False  # a hole before the last item: the history still counts to its last item
+    vectors = torch.nn.functional.normalize(torch.randn(100, 50, 16 + 32, generator=generator), dim=-1)
+    split = model.encode_users(vectors, mask)  # (users, 16 + 32)
+    whole = model._attend(vectors[..., :16], mask)  # (users, 16) the tower on every user at the full width
+    torch.testing.assert_close(split[:, :16], whole, atol=1e-5, rtol=0)
+
+
 def test_an_encoder_stored_in_float16_trains_with_float32_weights(tiny, tmp_path):
     """A half-precision checkpoint (like the fp16 MiniLM copy used on GPUs) still gives float32 master weights."""
     from transformers import AutoModel
