@@ -21,6 +21,7 @@ model with its tokenizer, and loading a saved one (`load_model`).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -419,12 +420,13 @@ class RecsysBertModel(PreTrainedModel):
         )
 
 
-def length_sorted(lengths: torch.Tensor, size: int, run) -> torch.Tensor:
+def length_sorted(lengths: torch.Tensor, size: int, run: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
     """`run(rows, width)` over sub-batches of `size` rows sorted by `lengths` `(n,)`, each cut to its own longest
     (`width`), so nothing runs on the padding the longest row of all would give every other one; the outputs
     `(n, ...)` back in the rows' order."""
     order = lengths.argsort(descending=True, stable=True)
-    parts = [run(rows, int(lengths[rows[0]])) for rows in order.split(size)]
+    widths = lengths[order[::size]].tolist()  # each sub-batch's longest, read off the device once
+    parts = [run(rows, width) for rows, width in zip(order.split(size), widths)]
     return torch.cat(parts)[order.argsort()]
 
 
