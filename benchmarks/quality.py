@@ -55,6 +55,8 @@ VARIANTS = {
     "dropout5": ["--dropout", "0.5"],  # dropout 0.5 in the user tower (SASRec's and RecFormer's), not 0.1
     # all-mpnet-base-v2 frozen (110M, hidden 768): `python benchmarks/fetch_mpnet.py` first
     "mpnet": ["--encoder_name_or_path", ".cache/all-mpnet-base-v2"],
+    # MiniLM taught all-mpnet-base-v2's vectors of the data set's item texts: `python benchmarks/distill.py` first
+    "distilled": ["--encoder_name_or_path", ".cache/minilm-from-mpnet-{data}"],
     # a random 10% of the items held out of training: test on the users whose target is one (a protocol apart)
     "cold": ["--cold_item_fraction", "0.1"],
     # no config: a user's command, only the data named (`train.py --items --interactions --output_dir`), the
@@ -105,15 +107,16 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def train_run(config: str, variant: str, seed: int, folder: Path, extra: list[str]) -> None:
-    """Trains one run unless its metrics.json exists."""
+def train_run(name: str, variant: str, seed: int, folder: Path, extra: list[str]) -> None:
+    """Trains one run of data set `name` unless its metrics.json exists."""
+    config = DATASETS[name]
     if (folder / "metrics.json").is_file():
         return
     if variant == DEFAULTS:
         settings = yaml.safe_load((ROOT / config).read_text())
         chosen = [f for key in DATA_KEYS if key in settings for f in (f"--{key}", str(settings[key]))]
     else:
-        chosen = ["--config", config, *VARIANTS[variant]]
+        chosen = ["--config", config, *(flag.format(data=name) for flag in VARIANTS[variant])]
     command = [sys.executable, "train.py", *chosen, "--seed", str(seed), "--output_dir", str(folder), *extra]
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
@@ -169,7 +172,7 @@ def data_report(name: str, args: argparse.Namespace, runs_dir: Path, seeds: list
         runs = []
         for seed in seeds:
             folder = runs_dir / name / f"{variant}-s{seed}"
-            train_run(config, variant, seed, folder, extra)
+            train_run(name, variant, seed, folder, extra)
             written = json.loads((folder / "metrics.json").read_text())
             runs.append((written, json.loads((folder / "test_ranks.json").read_text())))
             print(f"{name} {variant} seed {seed}: " + ", ".join(

@@ -102,6 +102,29 @@ def test_quality_quick_runs():
     assert 0 <= figures["movielens"]["ndcg@10"] <= 1
 
 
+@pytest.mark.slow
+def test_distill_brings_the_student_closer_to_the_wider_teacher(tmp_path, tiny):
+    """`distill.py`: a wider teacher (48) reduced by PCA to the student's width (32), the student trained on
+    MovieLens titles; on the held-out titles its vectors come closer to the targets, and the folder it writes is an
+    encoder `train.py` loads, of the student's width, pooled by mean."""
+    from recsys_bert.encoders import load_encoder, sentence_transformers_pooling
+    from tests.tiny import make_tiny_encoder
+
+    teacher = make_tiny_encoder(tmp_path / "teacher", seed=1, hidden_size=48)
+    out = tmp_path / "student"
+    figures = _last_json_line(
+        "distill.py", "--data", "movielens", "--teacher", teacher, "--student", tiny, "--output", str(out),
+        "--max_texts", "320", "--held_out", "0.2", "--epochs", "4", "--learning_rate", "1e-3", "--max_tokens", "24",
+        "--results", "",
+    )  # fmt: skip
+    cosine = figures["held_out_cosine"]
+    assert figures["texts"] == {"train": 256, "held_out": 64}
+    assert cosine["after"] > cosine["before"] + 0.1, cosine
+    assert load_encoder(str(out)).config.hidden_size == 32
+    assert sentence_transformers_pooling(str(out)) == "mean"
+    assert json.loads((out / "distill.json").read_text())["held_out_cosine"] == cosine
+
+
 def _update_module():
     import importlib.util
 

@@ -10,13 +10,13 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from recsys_bert.encoders import default_encoder_path
 
 
-def make_tiny_encoder(path: Path, seed: int = 0) -> str:
+def make_tiny_encoder(path: Path, seed: int = 0, hidden_size: int = 32) -> str:
     if not (path / "config.json").exists():
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
         config = BertConfig(
             vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
+            hidden_size=hidden_size,
             num_hidden_layers=2,
             num_attention_heads=2,
             intermediate_size=64,
